@@ -1,0 +1,152 @@
+"""Manifest CSV -> sample rows.
+
+A row is a plain dict: image (absolute path), image_text (as written in the CSV), target (class index, or a 0/1/NaN vector for multi-label),
+label (as written), patient_id, split ('train' | 'test'), frame (int or None) and `row` (the CSV line number,
+for error messages). Frame policies 'all' / 'nonzero' expand one file into one row per frame or slice; every
+such row keeps the patient id, so all frames of a patient land in the same fold.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import CONFIG_DIR, Config
+from .errors import DataError, ImageReadError
+from .io import ReaderOptions, count_frames, nonzero_slices
+
+PROJECT_ROOT = CONFIG_DIR.parent
+DICOM_SUFFIXES = {".dcm", ".dicom", ""}
+
+
+@dataclass
+class Manifest:
+    rows: list[dict]
+    skipped: list[dict] = field(default_factory=list)  # {'image', 'row', 'reason'}
+    path: Path | None = None
+    patient_source: str = "column"  # column | dicom | image (each image its own patient)
+
+
+def resolve_data_path(text: str, cfg: Config) -> Path:
+    """Relative paths are tried against the working directory, then the project root."""
+    p = Path(text).expanduser()
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    alt = PROJECT_ROOT / p
+    return alt.resolve() if alt.exists() else p.resolve()
+
+
+def reader_options(cfg: Config) -> ReaderOptions:
+    d = cfg.data
+    frame = d.frames if d.frames in ("middle", "first") or isinstance(d.frames, int) else "middle"
+    return ReaderOptions(voi=d.voi, voi_index=d.voi_index, frame=frame,
+                         crop_us_region=d.crop_us_region, slice_axis=d.slice_axis)
+
+
+def _dicom_patient_id(path: Path) -> str | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["PatientID"])
+    except Exception:  # not DICOM or unreadable header: the pixel reader reports it properly later
+        return None
+    pid = str(ds.get("PatientID", "") or "").strip()
+    return pid or None
+
+
+def _parse_target(record: dict, cfg: Config, where: str):
+    """Returns (target, label text) or raises DataError naming the row and value."""
+    task = cfg.task
+    if task.type == "multilabel":
+        missing = [c for c in task.classes if c not in record]
+        if missing:
+            raise DataError(f"{where}: multi-label manifest needs one 0/1 column per class; missing {missing}")
+        vec = []
+        for c in task.classes:
+            v = (record[c] or "").strip()
+            if v == "":
+                vec.append(math.nan)  # unknown: masked out of the loss and the metrics
+            elif v in ("0", "1", "0.0", "1.0"):
+                vec.append(float(v))
+            else:
+                raise DataError(f"{where}: column '{c}' must be 0, 1 or blank, got '{v}'")
+        return vec, ";".join(c for c, x in zip(task.classes, vec) if x == 1.0)
+    label = (record.get(cfg.data.label_column) or "").strip()
+    if label not in task.classes:
+        raise DataError(f"{where}: label '{label}' is not one of task.classes {task.classes}")
+    return task.classes.index(label), label
+
+
+def _expand_frames(path: Path, explicit: str, cfg: Config, opts: ReaderOptions) -> list[int | None]:
+    if explicit:
+        try:
+            return [int(explicit)]
+        except ValueError:
+            raise DataError(f"frame '{explicit}' is not an integer") from None
+    policy = cfg.data.frames
+    if isinstance(policy, int):
+        return [policy]
+    if policy == "all":
+        return list(range(count_frames(path, opts)))
+    if policy == "nonzero":
+        return nonzero_slices(path, opts)
+    return [None]  # middle / first: the reader picks
+
+
+def load_manifest(cfg: Config) -> Manifest:
+    path = resolve_data_path(cfg.data.manifest, cfg)
+    if not path.is_file():
+        raise DataError(f"data.manifest: file not found: {path}")
+    root = resolve_data_path(cfg.data.root, cfg) if cfg.data.root else path.parent
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        records = list(reader)
+    if "image" not in columns:
+        raise DataError(f"{path}: the manifest needs an 'image' column (found: {', '.join(columns)})")
+    if cfg.task.type != "multilabel" and cfg.data.label_column not in columns:
+        raise DataError(f"{path}: no label column '{cfg.data.label_column}' (data.label_column); found: {', '.join(columns)}")
+    if not records:
+        raise DataError(f"{path}: the manifest has no rows")
+
+    opts = reader_options(cfg)
+    has_pid = cfg.data.patient_column in columns
+    manifest = Manifest(rows=[], path=path, patient_source="column" if has_pid else "dicom")
+    for line, rec in enumerate(records, start=2):  # line 1 is the header
+        where = f"{path.name} row {line}"
+        image_text = (rec.get("image") or "").strip()
+        image = Path(image_text).expanduser()
+        image = image if image.is_absolute() else (root / image)
+        try:
+            if not image_text:
+                raise DataError(f"{where}: empty 'image'")
+            target, label = _parse_target(rec, cfg, where)
+            if not image.exists():
+                raise DataError(f"{where}: image not found: {image}")
+            split = (rec.get("split") or "train").strip().lower()
+            if split not in ("train", "test"):
+                raise DataError(f"{where}: split must be 'train' or 'test', got '{split}'")
+            pid = (rec.get(cfg.data.patient_column) or "").strip() if has_pid else ""
+            if not pid and image.suffix.lower() in DICOM_SUFFIXES:
+                pid = _dicom_patient_id(image) or ""
+            if not pid:
+                # cannot be known: each image is its own patient (the audit reports it)
+                pid = f"image:{image.name}"
+                manifest.patient_source = "image" if manifest.patient_source != "column" else "mixed"
+            try:
+                frames = _expand_frames(image, (rec.get("frame") or rec.get("slice") or "").strip(), cfg, opts)
+            except ImageReadError as exc:
+                raise DataError(f"{where}: {exc.reason} ({image})") from None
+        except DataError as exc:
+            if cfg.data.on_error == "skip":
+                manifest.skipped.append({"image": str(image), "row": line, "reason": str(exc)})
+                continue
+            raise
+        for frame in frames:
+            manifest.rows.append({"image": str(image), "image_text": image_text, "target": target, "label": label, "patient_id": pid,
+                                  "split": split, "frame": frame, "row": line})
+    if not manifest.rows:
+        raise DataError(f"{path}: no usable rows ({len(manifest.skipped)} skipped; see skipped.csv)")
+    return manifest
