@@ -1,0 +1,105 @@
+"""Command line: `python train.py --config chest_xray [--set k=v ...]`.
+
+Exit codes: 0 done, 2 bad input (one line on stderr naming the file, row or key, no traceback),
+130 interrupted (the run folder can be continued with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+from .config import CONFIG_DIR, Config, load_config, save_config
+from .errors import ConfigError, PipelineError
+from .manifest import resolve_data_path
+
+PROJECT_ROOT = CONFIG_DIR.parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="chest_xray", help="YAML file, or a name in configs/ (default chest_xray)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.batch_size=16 (repeatable)")
+    p.add_argument("--output-dir", help="run folder (default: output.dir/<task>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run: finished folds are kept")
+    p.add_argument("--fold", type=int, action="append", help="run only this fold (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="validate config and data, write splits, stop")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    return p
+
+
+def ensure_demo_data(cfg: Config, log=print) -> None:
+    """The built-in configs point at generated demo data: make it on first use."""
+    if not cfg.data.demo or resolve_data_path(cfg.data.manifest, cfg).is_file():
+        return
+    script = PROJECT_ROOT / "scripts" / "make_demo_data.py"
+    if not script.is_file():
+        raise ConfigError(f"data.demo: {script} is missing; generate the demo data or point data.manifest at your data")
+    spec = importlib.util.spec_from_file_location("make_demo_data", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    target = resolve_data_path(cfg.data.manifest, cfg)
+    # the manifest sits at <root>/<dataset>/labels.csv
+    root = target.parent.parent
+    log(f"generating demo data '{cfg.data.demo}' in {root} ...")
+    t0 = time.perf_counter()
+    module.make_demo(root, which=(cfg.data.demo,))
+    log(f"demo data ready ({time.perf_counter() - t0:.1f}s)")
+
+
+def _run_dir(args, cfg: Config) -> Path:
+    if args.resume:
+        return Path(args.resume)
+    if args.output_dir:
+        path = Path(args.output_dir)
+    else:
+        name = cfg.output.name or f"{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = resolve_data_path(cfg.output.dir, cfg) / name
+    if path.exists() and any(path.iterdir()):
+        raise ConfigError(f"--output-dir {path}: folder exists and is not empty (use --resume {path} to continue it)")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = (lambda *a, **k: None) if args.quiet else print
+    try:
+        if args.resume:
+            saved = Path(args.resume) / "config.yaml"
+            if not saved.is_file():
+                raise ConfigError(f"--resume {args.resume}: no config.yaml there (not a run folder)")
+            cfg = load_config(str(saved), args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)
+        if args.quiet:
+            cfg.train.progress = False
+        ensure_demo_data(cfg, log)
+        run_dir = _run_dir(args, cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        log(f"run folder: {run_dir}")
+        from .report import format_table
+        from .run import run
+
+        t0 = time.perf_counter()
+        summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume), dry_run=args.dry_run, log=log)
+        if summary is not None:
+            log("")
+            log(format_table(summary))
+            log(f"\ndone in {time.perf_counter() - t0:.0f}s; results in {run_dir} "
+                f"(report.md, summary.json; tensorboard --logdir {run_dir / 'tensorboard'})")
+        return 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

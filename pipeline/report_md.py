@@ -1,0 +1,93 @@
+"""report.md and its PNG plots (ROC curves, reliability diagram): what a person reads after a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plots(run_dir: Path, oof, test, task_type: str, classes, bins: int) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import roc_curve
+
+    if task_type != "binary":
+        return []
+    made = []
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, items in (("out-of-fold", oof), ("test (fold ensemble)", test)):
+        if not items:
+            continue
+        y = np.array([it["target"] for it in items], dtype=int)
+        p = np.array([it["prob"] for it in items], dtype=float)
+        if len(set(y)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC ({classes[1]} vs {classes[0]})")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "roc.png", dpi=110)
+    plt.close(fig)
+    made.append("roc.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, items in (("out-of-fold", oof), ("test", test)):
+        if not items:
+            continue
+        y = np.array([it["target"] for it in items], dtype=int)
+        p = np.array([it["prob"] for it in items], dtype=float)
+        frac, mean_p = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+        ax.plot(mean_p, frac, "o-", label=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="predicted probability", ylabel="observed frequency", title="Calibration")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(run_dir / "calibration.png", dpi=110)
+    plt.close(fig)
+    made.append("calibration.png")
+    return made
+
+
+def _fmt(v):
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def write_report(run_dir: Path, summary: dict, oof, test, cfg) -> None:
+    keys = ["auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "brier", "ece"]
+    lines = [
+        f"# {summary['task']}: {cfg.model.backbone} ({cfg.model.stem} stem, {cfg.model.pretrained} weights)",
+        "",
+        f"{summary['n_samples']} samples from {summary['n_patients']} patients; {len(summary['folds'])}-fold "
+        f"cross-validation grouped by patient; {summary['n_skipped']} inputs skipped. Unit of analysis: "
+        f"{summary['unit']}. Threshold for sensitivity/specificity/F1: {summary['threshold']:.3f} "
+        f"({'Youden index on out-of-fold predictions' if cfg.report.threshold == 'youden' else 'fixed'}).",
+        "",
+        "## Cross-validation (out-of-fold, per fold)",
+        "",
+        "| fold | best epoch | stage | n | " + " | ".join(keys) + " |",
+        "|---" * (4 + len(keys)) + "|",
+    ]
+    for f in summary["folds"]:
+        lines.append(f"| {f['fold']} | {f['best_epoch']} | {f['stage']} | {f['n_val']} | "
+                     + " | ".join(_fmt(f["metrics"].get(k)) for k in keys) + " |")
+    lines.append("| mean ± sd | | | | " + " | ".join(
+        f"{_fmt(summary['mean'].get(k))} ± {_fmt(summary['std'].get(k))}" for k in keys) + " |")
+    t = summary.get("test")
+    if t:
+        ci = t.get("ci95", {})
+        lines += ["", f"## Held-out test set (ensemble of {t.get('n_models')} fold models)", "",
+                  "| metric | value | 95% CI (patient bootstrap) |", "|---|---|---|"]
+        for k in keys:
+            c = ci.get(k)
+            lines.append(f"| {k} | {_fmt(t.get(k))} | {f'{c[0]:.3f} – {c[1]:.3f}' if c else ''} |")
+    for png in _plots(run_dir, oof, test, summary["type"], summary["classes"], cfg.report.calibration_bins):
+        lines += ["", f"![{png[:-4]}]({png})"]
+    lines += ["", "Files: `summary.json`, `oof_predictions.csv`, `test_predictions.csv`, `splits.json`, "
+              "`fold_K/best.pt`, `tensorboard/` (`tensorboard --logdir " + str(run_dir / "tensorboard") + "`).", ""]
+    (run_dir / "report.md").write_text("\n".join(lines))

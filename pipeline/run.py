@@ -1,0 +1,171 @@
+"""A whole cross-validated run: manifest -> decoded images -> folds -> stages per fold -> predictions -> report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from monai.utils import set_determinism
+from torch.utils.data import DataLoader
+
+from .config import Config
+from .cv import fold_indices, load_splits, make_splits, save_splits, heldout_indices
+from .datasets import DecodedImages, SampleDataset
+from .engine import make_loss, predict
+from .errors import ConfigError
+from .manifest import load_manifest
+from .models import build_model
+from .report import write_outputs
+from .stages import FoldState, run_stage
+from .tracking import Tracker
+from .transforms import sample_transforms
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: '{name}' requested but no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+def write_skipped(skipped: list[dict], run_dir: Path) -> None:
+    with (run_dir / "skipped.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["image", "row", "reason"])
+        w.writeheader()
+        w.writerows(skipped)
+
+
+def _class_weights(cfg: Config, rows, train_idx, device):
+    if cfg.train.class_weights == "none":
+        return None, None
+    targets = np.array([rows[i]["target"] for i in train_idx], dtype=float)
+    if cfg.task.type == "binary":
+        pos = targets.sum()
+        return torch.tensor((len(targets) - pos) / max(pos, 1), device=device), None
+    if cfg.task.type == "multiclass":
+        counts = np.bincount(targets.astype(int), minlength=len(cfg.task.classes)).astype(float)
+        w = len(targets) / (len(counts) * np.maximum(counts, 1))
+        return None, torch.tensor(w, dtype=torch.float32, device=device)
+    pos = np.nansum(targets, 0)
+    known = (~np.isnan(targets)).sum(0)
+    return torch.tensor((known - pos) / np.maximum(pos, 1), dtype=torch.float32, device=device), None
+
+
+def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, log=print):
+    """Manifest, decoded images and splits: everything `--dry-run` validates."""
+    manifest = load_manifest(cfg)
+    t0 = time.perf_counter()
+    decoded = DecodedImages(cfg, manifest, progress=cfg.train.progress)
+    log(f"decoded {len(manifest.rows)} samples in {time.perf_counter() - t0:.1f}s"
+        + (f"; skipped {len(manifest.skipped)} (see skipped.csv)" if manifest.skipped else ""))
+    if manifest.skipped:
+        write_skipped(manifest.skipped, run_dir)
+    split_path = run_dir / "splits.json"
+    has_split = any(r["split"] == "test" for r in manifest.rows) or cfg.cv.test_fraction == 0
+    if resume and split_path.exists():
+        splits = load_splits(split_path)
+        test = set(splits["test_patients"])
+        for r in manifest.rows:
+            r["split"] = "test" if r["patient_id"] in test else "train"
+    else:
+        splits = make_splits(manifest.rows, cfg, manifest_has_split=has_split)
+        save_splits(splits, split_path)
+    return manifest, decoded, splits
+
+
+def _loader(cfg, dataset, shuffle: bool, device):
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle, drop_last=False,
+                      num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                      persistent_workers=cfg.data.num_workers > 0)
+
+
+def train_fold(cfg: Config, fold: int, manifest, decoded, splits, run_dir: Path, device, tracker, log=print):
+    rows = manifest.rows
+    torch.manual_seed(cfg.train.seed + fold)
+    model, norm = build_model(cfg.model, cfg.task.num_outputs)
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_idx, val_idx = fold_indices(rows, splits, fold)
+    train_tf = sample_transforms(cfg, norm.mean, norm.std, train=True)
+    eval_tf = sample_transforms(cfg, norm.mean, norm.std, train=False)
+    train_loader = _loader(cfg, SampleDataset(decoded, rows, train_idx, train_tf), True, device)
+    val_loader = _loader(cfg, SampleDataset(decoded, rows, val_idx, eval_tf), False, device)
+    pos_weight, class_weight = _class_weights(cfg, rows, train_idx, device)
+    ctx = SimpleNamespace(
+        device=device, precision=cfg.train.precision, channels_last=cfg.train.channels_last, task=cfg.task,
+        loss_fn=make_loss(cfg.task.type, pos_weight, class_weight), tracker=tracker, monitor=cfg.train.monitor,
+        threshold=cfg.report.threshold if isinstance(cfg.report.threshold, float) else 0.5,
+        progress=cfg.train.progress, log_every=cfg.train.log_every,
+        scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" and device.type == "cuda" else None)
+    log(f"fold {fold}: {len(train_idx)} train / {len(val_idx)} val samples "
+        f"({len(splits['folds'][fold]['train_patients'])} / {len(splits['folds'][fold]['val_patients'])} patients)")
+    state = FoldState(fold=fold)
+    for stage in cfg.train.stages:
+        run_stage(model, stage, train_loader, val_loader, state, ctx)
+
+    model.load_state_dict(state.best_state)
+    fold_dir = run_dir / f"fold_{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "state_dict": state.best_state,
+        "model": cfg.model.model_dump(mode="json"),
+        "normalization": norm.to_dict(),
+        "task": cfg.task.model_dump(mode="json"),
+        "image_size": cfg.data.image_size,
+        "fold": fold, "best_epoch": state.best_epoch, "stage": state.best_stage,
+    }, fold_dir / "best.pt")
+
+    val = predict(model, val_loader, cfg.task.type, device, precision=cfg.train.precision,
+                  channels_last=cfg.train.channels_last)
+    test_idx = heldout_indices(rows)
+    test = None
+    if test_idx:
+        test_loader = _loader(cfg, SampleDataset(decoded, rows, test_idx, eval_tf), False, device)
+        test = predict(model, test_loader, cfg.task.type, device, precision=cfg.train.precision,
+                       channels_last=cfg.train.channels_last)
+    result = {
+        "fold": fold, "best_epoch": state.best_epoch, "stage": state.best_stage,
+        "metrics": state.best_metrics, "history": state.history,
+        "val": {"indices": val["indices"].tolist(), "probs": val["probs"].tolist()},
+        "test": None if test is None else {"indices": test["indices"].tolist(), "probs": test["probs"].tolist()},
+    }
+    # written last: its presence marks the fold as finished for --resume
+    (fold_dir / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: bool = False,
+        dry_run: bool = False, log=print) -> dict | None:
+    set_determinism(seed=cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    manifest, decoded, splits = prepare(cfg, run_dir, resume=resume, log=log)
+    if dry_run:
+        n_test = len(heldout_indices(manifest.rows))
+        log(f"dry run: config and data are valid; {len(manifest.rows)} samples, {len(splits['folds'])} folds, "
+            f"{n_test} test samples, {len(manifest.skipped)} skipped")
+        return None
+    todo = folds if folds is not None else list(range(cfg.cv.folds))
+    for k in todo:
+        if not 0 <= k < cfg.cv.folds:
+            raise ConfigError(f"--fold {k}: must be between 0 and {cfg.cv.folds - 1} (cv.folds)")
+    tracker = Tracker(run_dir)
+    results = []
+    try:
+        for k in todo:
+            done = run_dir / f"fold_{k}" / "result.json"
+            if resume and done.exists():
+                log(f"fold {k}: already finished, reusing {done}")
+                results.append(json.loads(done.read_text()))
+                continue
+            results.append(train_fold(cfg, k, manifest, decoded, splits, run_dir, device, tracker, log))
+        summary = write_outputs(cfg, run_dir, manifest, splits, results, tracker)
+    finally:
+        tracker.close()
+    return summary

@@ -1,0 +1,138 @@
+"""The CLI in-process: a whole cross-validated run on the smoke config, and one-line errors with exit code 2."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_demo_module():
+    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts" / "make_demo_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def small_chest(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    _load_demo_module().make_demo(root, which=("chest_xray",), n_scale=0.25)
+    return root / "chest_xray" / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(small_chest, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "smoke"
+    rc = main(["--config", "smoke", "--set", f"data.manifest={small_chest}", "--output-dir", str(run), "--quiet"])
+    assert rc == 0
+    return run
+
+
+def test_smoke_run_writes_the_run_folder_contract(smoke_run, small_chest):
+    for name in ("config.yaml", "splits.json", "summary.json", "oof_predictions.csv", "test_predictions.csv",
+                 "report.md", "metrics.jsonl", "fold_0/best.pt", "fold_1/best.pt"):
+        assert (smoke_run / name).is_file(), name
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["classes"] == ["normal", "pneumonia"]
+    assert [f["fold"] for f in summary["folds"]] == [0, 1]
+    for f in summary["folds"]:
+        assert 0.0 <= f["metrics"]["auroc"] <= 1.0
+        assert f["stage"] in ("head", "full")
+    assert summary["test"]["auroc"] is not None and "auroc" in summary["test"]["ci95"]
+
+    splits = json.loads((smoke_run / "splits.json").read_text())
+    val = [set(f["val_patients"]) for f in splits["folds"]]
+    assert not val[0] & val[1]
+    assert not (val[0] | val[1]) & set(splits["test_patients"])
+
+    with (smoke_run / "oof_predictions.csv").open() as fh:
+        oof = list(csv.DictReader(fh))
+    with small_chest.open() as fh:
+        manifest = list(csv.DictReader(fh))
+    n_dev = sum(r["split"] == "train" for r in manifest)
+    assert len(oof) == n_dev  # every development image predicted exactly once, out of fold
+    for r in oof:
+        assert abs(float(r["prob_normal"]) + float(r["prob_pneumonia"]) - 1) < 1e-5
+        assert r["patient_id"] in val[int(r["fold"])]
+
+
+def test_smoke_run_tensorboard_tags(smoke_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((smoke_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1  # one writer per run
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("fold_0/val/auroc", "fold_1/val/loss", "fold_0/head/lr", "fold_0/full/train_loss",
+                "fold_0/train/lr",
+                "summary/cv_mean_auroc"):
+        assert tag in tags, tag
+    assert len(acc.Scalars("fold_0/val/auroc")) == 2  # one per epoch across both stages
+
+
+def test_best_checkpoint_rebuilds_the_model(smoke_run):
+    import torch
+
+    from pipeline.config import ModelConfig
+    from pipeline.models import build_model
+
+    ckpt = torch.load(smoke_run / "fold_0" / "best.pt", weights_only=True, map_location="cpu")
+    model, norm = build_model(ModelConfig(**ckpt["model"]), 1, pretrained="none")
+    model.load_state_dict(ckpt["state_dict"])
+    assert list(norm.mean) == ckpt["normalization"]["mean"]
+    assert ckpt["stage"] in ("head", "full")
+
+
+def test_resume_keeps_finished_folds(smoke_run, capsys):
+    before = (smoke_run / "fold_0" / "best.pt").stat().st_mtime_ns
+    assert main(["--resume", str(smoke_run)]) == 0
+    assert (smoke_run / "fold_0" / "best.pt").stat().st_mtime_ns == before
+    assert "already finished" in capsys.readouterr().out
+
+
+def _one_line_error(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_unknown_key_exits_2(capsys, tmp_path):
+    err = _one_line_error(capsys, ["--config", "smoke", "--set", "model.backbon=resnet18",
+                                   "--output-dir", str(tmp_path / "r")])
+    assert "model.backbon" in err
+
+
+def test_missing_data_path_exits_2(capsys, tmp_path):
+    missing = tmp_path / "nowhere" / "labels.csv"
+    err = _one_line_error(capsys, ["--config", "smoke", "--set", f"data.manifest={missing}", "--set", "data.demo=null",
+                                   "--output-dir", str(tmp_path / "r")])
+    assert str(missing) in err
+
+
+def test_label_not_in_classes_exits_2_and_skip_records_it(capsys, tmp_path, small_chest):
+    rows = list(csv.DictReader(small_chest.open()))
+    rows[3]["label"] = "covid"
+    bad = tmp_path / "labels.csv"
+    with bad.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            r["image"] = str(small_chest.parent / r["image"])
+            w.writerow(r)
+    err = _one_line_error(capsys, ["--config", "smoke", "--set", f"data.manifest={bad}",
+                                   "--output-dir", str(tmp_path / "r"), "--dry-run"])
+    assert "row 5" in err and "covid" in err
+    run = tmp_path / "r2"
+    assert main(["--config", "smoke", "--set", f"data.manifest={bad}", "--set", "data.on_error=skip",
+                 "--output-dir", str(run), "--dry-run", "--quiet"]) == 0
+    skipped = list(csv.DictReader((run / "skipped.csv").open()))
+    assert [s["row"] for s in skipped] == ["5"] and "covid" in skipped[0]["reason"]
