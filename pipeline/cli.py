@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import distributed
 from .config import CONFIG_DIR, Config, load_config, save_config
 from .errors import ConfigError, PipelineError
 from .manifest import resolve_data_path
@@ -77,16 +78,25 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
         if args.quiet:
             cfg.train.progress = False
-        ensure_demo_data(cfg, log)
-        run_dir = _run_dir(args, cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        log(f"run folder: {run_dir}")
+        dist, device = distributed.init(cfg.train.device)
+        if not dist.is_main:
+            log = lambda *a, **k: None  # noqa: E731
+        # under torchrun rank 0 alone creates the demo data and the run folder, then tells the others
+        run_dir = None
+        if dist.is_main:
+            ensure_demo_data(cfg, log)
+            run_dir = _run_dir(args, cfg)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+            log(f"run folder: {run_dir}")
+        run_dir = distributed.broadcast(run_dir, dist)
         from .report import format_table
         from .run import run
 
         t0 = time.perf_counter()
-        summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume), dry_run=args.dry_run, log=log)
+        summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume), dry_run=args.dry_run, log=log,
+                      dist=dist, device=device)
+        distributed.shutdown(dist)
         if summary is not None:
             log("")
             log(format_table(summary))

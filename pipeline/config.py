@@ -94,7 +94,8 @@ class CVConfig(Strict):
 class ModelConfig(Strict):
     backbone: str = "tf_efficientnet_lite0"
     pretrained: str = "bundled"  # bundled | timm | none | path to a checkpoint file
-    stem: Literal["sum", "fold", "repeat", "mean", "random"] = "sum"
+    # auto: sum where the weights normalise every channel alike (exact), else fold (exact off the border)
+    stem: Literal["auto", "sum", "fold", "repeat", "mean", "random"] = "auto"
     in_chans: int = Field(1, ge=1)
     drop_rate: float = Field(0.2, ge=0, lt=1)
 

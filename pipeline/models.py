@@ -27,13 +27,21 @@ def build_model(cfg, num_classes: int, *, pretrained: str | None = None) -> tupl
     source = str(pretrained if pretrained is not None else getattr(cfg, "pretrained", "bundled"))
     stem = getattr(cfg, "stem", "sum")
     in_chans = int(getattr(cfg, "in_chans", 1))
-    if stem not in STRATEGIES:  # checked before the (slow) weight loading
+    if stem not in STRATEGIES + ("auto",):  # checked before the (slow) weight loading
         raise ConfigError(f"model.stem: unknown strategy {stem!r}; choose one of {', '.join(STRATEGIES)}")
     if num_classes < 1:
         raise ConfigError(f"model: num_classes must be >= 1, got {num_classes}")
     model, mean, std = create_backbone(backbone, source, num_classes, float(getattr(cfg, "drop_rate", 0.0)))
+    if stem == "auto":
+        stem = resolve_auto_stem(mean, std)
     norm = convert_stem(model, stem, in_chans, mean, std)
+    model.stem_strategy = stem  # the strategy actually used, for reports and checkpoints
     return model, norm
+
+
+def resolve_auto_stem(mean, std) -> str:
+    """`auto`: `sum` where it is exact (one mean/std for all channels), else `fold` (exact off the border)."""
+    return "sum" if len(set(mean)) == 1 and len(set(std)) == 1 else "fold"
 
 
 def _parse_train(train: str) -> int | None:

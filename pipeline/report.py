@@ -116,6 +116,9 @@ def write_outputs(cfg, run_dir: Path, manifest, splits, results, tracker) -> dic
         "folds": folds, "mean": mean, "std": std, "oof": pooled, "test": test_summary,
         "n_samples": len(rows), "n_patients": len({r["patient_id"] for r in rows}),
         "n_skipped": len(manifest.skipped), "patient_source": manifest.patient_source,
+        "model": {"backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
+                  "stem": results[0].get("stem_strategy", cfg.model.stem) if results else cfg.model.stem,
+                  "normalization": results[0].get("normalization") if results else None},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     for k, v in mean.items():

@@ -61,7 +61,9 @@ def _fmt(v):
 def write_report(run_dir: Path, summary: dict, oof, test, cfg) -> None:
     keys = ["auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "brier", "ece"]
     lines = [
-        f"# {summary['task']}: {cfg.model.backbone} ({cfg.model.stem} stem, {cfg.model.pretrained} weights)",
+        f"# {summary['task']}: {cfg.model.backbone} ({summary['model']['stem']} stem, {cfg.model.pretrained} weights)",
+        "",
+        f"Input normalisation (x in [0, 1]): {summary['model']['normalization']}.",
         "",
         f"{summary['n_samples']} samples from {summary['n_patients']} patients; {len(summary['folds'])}-fold "
         f"cross-validation grouped by patient; {summary['n_skipped']} inputs skipped. Unit of analysis: "

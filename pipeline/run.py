@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from monai.utils import set_determinism
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
+from . import distributed
 from .config import Config
 from .cv import fold_indices, load_splits, make_splits, save_splits, heldout_indices
 from .datasets import DecodedImages, SampleDataset
@@ -57,14 +58,15 @@ def _class_weights(cfg: Config, rows, train_idx, device):
     return torch.tensor((known - pos) / np.maximum(pos, 1), dtype=torch.float32, device=device), None
 
 
-def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, log=print):
-    """Manifest, decoded images and splits: everything `--dry-run` validates."""
+def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, log=print, main_rank: bool = True):
+    """Manifest, decoded images and splits: everything `--dry-run` validates. Deterministic, so every
+    torchrun rank computes the same rows and folds; only rank 0 writes them."""
     manifest = load_manifest(cfg)
     t0 = time.perf_counter()
-    decoded = DecodedImages(cfg, manifest, progress=cfg.train.progress)
+    decoded = DecodedImages(cfg, manifest, progress=cfg.train.progress and main_rank)
     log(f"decoded {len(manifest.rows)} samples in {time.perf_counter() - t0:.1f}s"
         + (f"; skipped {len(manifest.skipped)} (see skipped.csv)" if manifest.skipped else ""))
-    if manifest.skipped:
+    if manifest.skipped and main_rank:
         write_skipped(manifest.skipped, run_dir)
     split_path = run_dir / "splits.json"
     has_split = any(r["split"] == "test" for r in manifest.rows) or cfg.cv.test_fraction == 0
@@ -75,17 +77,20 @@ def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, log=print):
             r["split"] = "test" if r["patient_id"] in test else "train"
     else:
         splits = make_splits(manifest.rows, cfg, manifest_has_split=has_split)
-        save_splits(splits, split_path)
+        if main_rank:
+            save_splits(splits, split_path)
     return manifest, decoded, splits
 
 
-def _loader(cfg, dataset, shuffle: bool, device):
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle, drop_last=False,
+def _loader(cfg, dataset, shuffle: bool, device, sampler=None):
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, drop_last=False,
                       num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                       persistent_workers=cfg.data.num_workers > 0)
 
 
-def train_fold(cfg: Config, fold: int, manifest, decoded, splits, run_dir: Path, device, tracker, log=print):
+def train_fold(cfg: Config, fold: int, manifest, decoded, splits, run_dir: Path, device, tracker, log=print,
+               dist: distributed.Dist = distributed.Dist()):
     rows = manifest.rows
     torch.manual_seed(cfg.train.seed + fold)
     model, norm = build_model(cfg.model, cfg.task.num_outputs)
@@ -95,14 +100,19 @@ def train_fold(cfg: Config, fold: int, manifest, decoded, splits, run_dir: Path,
     train_idx, val_idx = fold_indices(rows, splits, fold)
     train_tf = sample_transforms(cfg, norm.mean, norm.std, train=True)
     eval_tf = sample_transforms(cfg, norm.mean, norm.std, train=False)
-    train_loader = _loader(cfg, SampleDataset(decoded, rows, train_idx, train_tf), True, device)
+    train_set = SampleDataset(decoded, rows, train_idx, train_tf)
+    # under torchrun each rank trains on its shard; batch_size is per process
+    sampler = DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True,
+                                 seed=cfg.train.seed) if dist.enabled else None
+    train_loader = _loader(cfg, train_set, True, device, sampler)
     val_loader = _loader(cfg, SampleDataset(decoded, rows, val_idx, eval_tf), False, device)
     pos_weight, class_weight = _class_weights(cfg, rows, train_idx, device)
     ctx = SimpleNamespace(
         device=device, precision=cfg.train.precision, channels_last=cfg.train.channels_last, task=cfg.task,
         loss_fn=make_loss(cfg.task.type, pos_weight, class_weight), tracker=tracker, monitor=cfg.train.monitor,
         threshold=cfg.report.threshold if isinstance(cfg.report.threshold, float) else 0.5,
-        progress=cfg.train.progress, log_every=cfg.train.log_every,
+        progress=cfg.train.progress and dist.is_main, log_every=cfg.train.log_every, dist=dist,
+        train_sampler=sampler,
         scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" and device.type == "cuda" else None)
     log(f"fold {fold}: {len(train_idx)} train / {len(val_idx)} val samples "
         f"({len(splits['folds'][fold]['train_patients'])} / {len(splits['folds'][fold]['val_patients'])} patients)")
@@ -113,14 +123,16 @@ def train_fold(cfg: Config, fold: int, manifest, decoded, splits, run_dir: Path,
     model.load_state_dict(state.best_state)
     fold_dir = run_dir / f"fold_{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "state_dict": state.best_state,
-        "model": cfg.model.model_dump(mode="json"),
-        "normalization": norm.to_dict(),
-        "task": cfg.task.model_dump(mode="json"),
-        "image_size": cfg.data.image_size,
-        "fold": fold, "best_epoch": state.best_epoch, "stage": state.best_stage,
-    }, fold_dir / "best.pt")
+    if dist.is_main:
+        torch.save({
+            "state_dict": state.best_state,
+            "model": cfg.model.model_dump(mode="json"),
+            "normalization": norm.to_dict(),
+            "stem_strategy": model.stem_strategy,
+            "task": cfg.task.model_dump(mode="json"),
+            "image_size": cfg.data.image_size,
+            "fold": fold, "best_epoch": state.best_epoch, "stage": state.best_stage,
+        }, fold_dir / "best.pt")
 
     val = predict(model, val_loader, cfg.task.type, device, precision=cfg.train.precision,
                   channels_last=cfg.train.channels_last)
@@ -132,20 +144,25 @@ def train_fold(cfg: Config, fold: int, manifest, decoded, splits, run_dir: Path,
                        channels_last=cfg.train.channels_last)
     result = {
         "fold": fold, "best_epoch": state.best_epoch, "stage": state.best_stage,
+        "stem_strategy": model.stem_strategy, "normalization": norm.to_dict(),
         "metrics": state.best_metrics, "history": state.history,
         "val": {"indices": val["indices"].tolist(), "probs": val["probs"].tolist()},
         "test": None if test is None else {"indices": test["indices"].tolist(), "probs": test["probs"].tolist()},
     }
     # written last: its presence marks the fold as finished for --resume
-    (fold_dir / "result.json").write_text(json.dumps(result))
+    if dist.is_main:
+        (fold_dir / "result.json").write_text(json.dumps(result))
     return result
 
 
 def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: bool = False,
-        dry_run: bool = False, log=print) -> dict | None:
+        dry_run: bool = False, log=print, dist: distributed.Dist = distributed.Dist(),
+        device: torch.device | None = None) -> dict | None:
     set_determinism(seed=cfg.train.seed)
-    device = pick_device(cfg.train.device)
-    manifest, decoded, splits = prepare(cfg, run_dir, resume=resume, log=log)
+    device = device or pick_device(cfg.train.device)
+    if not dist.is_main:
+        log = lambda *a, **k: None  # noqa: E731
+    manifest, decoded, splits = prepare(cfg, run_dir, resume=resume, log=log, main_rank=dist.is_main)
     if dry_run:
         n_test = len(heldout_indices(manifest.rows))
         log(f"dry run: config and data are valid; {len(manifest.rows)} samples, {len(splits['folds'])} folds, "
@@ -155,7 +172,7 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
     for k in todo:
         if not 0 <= k < cfg.cv.folds:
             raise ConfigError(f"--fold {k}: must be between 0 and {cfg.cv.folds - 1} (cv.folds)")
-    tracker = Tracker(run_dir)
+    tracker = Tracker(run_dir, enabled=dist.is_main)
     results = []
     try:
         for k in todo:
@@ -164,8 +181,8 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
                 log(f"fold {k}: already finished, reusing {done}")
                 results.append(json.loads(done.read_text()))
                 continue
-            results.append(train_fold(cfg, k, manifest, decoded, splits, run_dir, device, tracker, log))
-        summary = write_outputs(cfg, run_dir, manifest, splits, results, tracker)
+            results.append(train_fold(cfg, k, manifest, decoded, splits, run_dir, device, tracker, log, dist))
+        summary = write_outputs(cfg, run_dir, manifest, splits, results, tracker) if dist.is_main else None
     finally:
         tracker.close()
     return summary

@@ -9,6 +9,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
+from . import distributed
 from .config import StageConfig
 from .engine import predict, train_one_epoch
 from .metrics import compute_metrics
@@ -38,8 +39,9 @@ def _score(metrics: dict, monitor: str) -> float | None:
 
 def run_stage(model, stage: StageConfig, train_loader, val_loader, state: FoldState, ctx) -> None:
     """ctx: SimpleNamespace with device, precision, channels_last, task, loss_fn, tracker, monitor,
-    threshold, progress (bool), log_every, scaler."""
+    threshold, progress (bool), log_every, scaler, dist, train_sampler."""
     frozen = set_trainable(model, stage.train)
+    train_model = distributed.wrap(model, ctx.dist, ctx.device)
     optimizer = create_optimizer_v2(model, opt=stage.optimizer, lr=stage.lr, weight_decay=stage.weight_decay,
                                     layer_decay=stage.layer_decay)
     steps_per_epoch = max(1, len(train_loader))
@@ -58,11 +60,13 @@ def run_stage(model, stage: StageConfig, train_loader, val_loader, state: FoldSt
     stage_step = 0
     for _ in range(stage.epochs):
         state.epoch += 1
+        if ctx.train_sampler is not None:
+            ctx.train_sampler.set_epoch(state.epoch)
         bar = None
         if ctx.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(train_loader.dataset), unit="img", leave=False, dynamic_ncols=True,
+            bar = tqdm(total=len(train_loader.sampler), unit="img", leave=False, dynamic_ncols=True,
                        desc=f"fold {state.fold} {stage.name} ep {state.epoch}")
 
         def on_step(step, loss, lr):
@@ -70,7 +74,7 @@ def run_stage(model, stage: StageConfig, train_loader, val_loader, state: FoldSt
             ctx.tracker.scalar(f"{tag}/{stage.name}/lr", lr, state.step + step)
 
         stats = train_one_epoch(
-            model, train_loader, optimizer, ctx.loss_fn, ctx.device, scheduler=scheduler, step0=stage_step,
+            train_model, train_loader, optimizer, ctx.loss_fn, ctx.device, scheduler=scheduler, step0=stage_step,
             frozen=frozen, precision=ctx.precision, scaler=ctx.scaler, channels_last=ctx.channels_last,
             progress=bar, on_step=lambda s, lo, lr: on_step(s - stage_step, lo, lr), log_every=ctx.log_every)
         if bar is not None:
@@ -99,6 +103,7 @@ def run_stage(model, stage: StageConfig, train_loader, val_loader, state: FoldSt
             state.best_score, state.best_epoch, state.best_stage = score, state.epoch, stage.name
             state.best_metrics = {k: v for k, v in metrics.items() if k != "per_class"} | (
                 {"per_class": metrics["per_class"]} if "per_class" in metrics else {})
+            # a CPU copy: keeping a reference to the live weights would "save" the last epoch, not the best
             state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             since_best = 0
         else:
@@ -112,6 +117,6 @@ def run_stage(model, stage: StageConfig, train_loader, val_loader, state: FoldSt
             ctx.tracker.log({"event": "early_stop", "fold": state.fold, "stage": stage.name, "epoch": state.epoch})
             break
     ctx.tracker.flush()
-    del optimizer
+    del optimizer, train_model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

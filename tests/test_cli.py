@@ -136,3 +136,25 @@ def test_label_not_in_classes_exits_2_and_skip_records_it(capsys, tmp_path, smal
                  "--output-dir", str(run), "--dry-run", "--quiet"]) == 0
     skipped = list(csv.DictReader((run / "skipped.csv").open()))
     assert [s["row"] for s in skipped] == ["5"] and "covid" in skipped[0]["reason"]
+
+
+def test_torchrun_two_processes_on_cpu(small_chest, tmp_path):
+    """torchrun with 2 CPU processes (gloo): rank 0 alone writes the run folder and one event file."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "train.py"), "--config", "smoke", "--set", f"data.manifest={small_chest}",
+         "--set", "train.stages.0.epochs=1", "--output-dir", str(run), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(summary["folds"]) == 2
+    with (run / "oof_predictions.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == sum(r["split"] == "train" for r in csv.DictReader(small_chest.open()))

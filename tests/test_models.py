@@ -199,3 +199,15 @@ def test_stem_conv_names():
     assert stem_conv(model)[0] == "conv1.conv" and copy.deepcopy(model).eval()(torch.rand(1, 1, 32, 32)).shape == (1, 2)
     model = build_model(cfg(backbone="resnet18", in_chans=2), 2)[0]
     assert model.eval()(torch.rand(1, 2, 32, 32)).shape == (1, 2)
+
+
+def test_auto_stem_picks_the_exact_strategy():
+    """auto = sum for equal channel stats (Lite0: 0.5/0.5), fold for per-channel ImageNet stats (resnet18)."""
+    from pipeline.config import ModelConfig
+
+    lite, lite_norm = build_model(ModelConfig(stem="auto", pretrained="none"), 1)
+    res, res_norm = build_model(ModelConfig(backbone="resnet18", stem="auto", pretrained="none"), 1)
+    assert lite.stem_strategy == "sum" and lite_norm.mean == (0.5,) and lite_norm.std == (0.5,)
+    assert res.stem_strategy == "fold"
+    assert res_norm.mean[0] == pytest.approx((0.485 + 0.456 + 0.406) / 3)
+    assert res_norm.std[0] == pytest.approx((0.229 + 0.224 + 0.225) / 3)
