@@ -7,7 +7,7 @@ silently ignored and leave a default in force).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -49,7 +49,7 @@ class TaskConfig(Strict):
         return 1 if self.type == "binary" else len(self.classes)
 
 
-FramePolicy = Union[Literal["middle", "first", "all", "nonzero"], int]
+FramePolicy = Literal["middle", "first", "all", "nonzero"] | int
 
 
 class DataConfig(Strict):
@@ -145,7 +145,7 @@ class TrainConfig(Strict):
 class ReportConfig(Strict):
     bootstrap: int = Field(1000, ge=0)
     # operating point for sensitivity/specificity: a number, or 'youden' chosen on out-of-fold predictions
-    threshold: Union[float, Literal["youden"]] = 0.5
+    threshold: float | Literal["youden"] = 0.5
     calibration_bins: int = Field(10, ge=2)
 
 

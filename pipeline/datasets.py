@@ -36,7 +36,7 @@ class DecodedImages:
                 from tqdm import tqdm
 
                 results = tqdm(results, total=len(rows), desc="decode", unit="img", leave=False)
-            for row, (image, error) in zip(rows, results):
+            for row, (image, error) in zip(rows, results, strict=True):
                 if error is not None:
                     if cfg.data.on_error != "skip":
                         raise error

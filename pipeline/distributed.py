@@ -29,6 +29,9 @@ class Dist:
         return self.rank == 0
 
 
+SINGLE = Dist()
+
+
 def init(device_name: str) -> tuple[Dist, torch.device | None]:
     """Starts the process group when launched by torchrun; returns (Dist, device or None to pick normally)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -72,7 +72,7 @@ def _parse_target(record: dict, cfg: Config, where: str):
                 vec.append(float(v))
             else:
                 raise DataError(f"{where}: column '{c}' must be 0, 1 or blank, got '{v}'")
-        return vec, ";".join(c for c, x in zip(task.classes, vec) if x == 1.0)
+        return vec, ";".join(c for c, x in zip(task.classes, vec, strict=True) if x == 1.0)
     label = (record.get(cfg.data.label_column) or "").strip()
     if label not in task.classes:
         raise DataError(f"{where}: label '{label}' is not one of task.classes {task.classes}")

@@ -53,7 +53,7 @@ def _write_predictions(path: Path, items, classes, task_type, with_fold: bool):
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(fields)
-        for it, pr in zip(items, probs):
+        for it, pr in zip(items, probs, strict=True):
             row = [it["image"], it["patient_id"]] + ([it["fold"]] if with_fold else []) + [it["frames"], it["label"]]
             if task_type == "multilabel":
                 row += ["" if np.isnan(v) else int(v) for v in it["target"]]

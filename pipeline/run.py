@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed
 from .config import Config
-from .cv import fold_indices, load_splits, make_splits, save_splits, heldout_indices
+from .cv import fold_indices, heldout_indices, load_splits, make_splits, save_splits
 from .datasets import DecodedImages, SampleDataset
 from .engine import make_loss, predict
 from .errors import ConfigError
@@ -90,7 +90,7 @@ def _loader(cfg, dataset, shuffle: bool, device, sampler=None):
 
 
 def train_fold(cfg: Config, fold: int, manifest, decoded, splits, run_dir: Path, device, tracker, log=print,
-               dist: distributed.Dist = distributed.Dist()):
+               dist: distributed.Dist = distributed.SINGLE):
     rows = manifest.rows
     torch.manual_seed(cfg.train.seed + fold)
     model, norm = build_model(cfg.model, cfg.task.num_outputs)
@@ -156,7 +156,7 @@ def train_fold(cfg: Config, fold: int, manifest, decoded, splits, run_dir: Path,
 
 
 def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: bool = False,
-        dry_run: bool = False, log=print, dist: distributed.Dist = distributed.Dist(),
+        dry_run: bool = False, log=print, dist: distributed.Dist = distributed.SINGLE,
         device: torch.device | None = None) -> dict | None:
     set_determinism(seed=cfg.train.seed)
     device = device or pick_device(cfg.train.device)

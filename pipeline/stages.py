@@ -69,14 +69,14 @@ def run_stage(model, stage: StageConfig, train_loader, val_loader, state: FoldSt
             bar = tqdm(total=len(train_loader.sampler), unit="img", leave=False, dynamic_ncols=True,
                        desc=f"fold {state.fold} {stage.name} ep {state.epoch}")
 
-        def on_step(step, loss, lr):
-            ctx.tracker.scalar(f"{tag}/{stage.name}/train_loss", loss, state.step + step)
-            ctx.tracker.scalar(f"{tag}/{stage.name}/lr", lr, state.step + step)
+        def on_step(step, loss, lr, offset=state.step - stage_step):  # step counts from the stage start
+            ctx.tracker.scalar(f"{tag}/{stage.name}/train_loss", loss, offset + step)
+            ctx.tracker.scalar(f"{tag}/{stage.name}/lr", lr, offset + step)
 
         stats = train_one_epoch(
             train_model, train_loader, optimizer, ctx.loss_fn, ctx.device, scheduler=scheduler, step0=stage_step,
             frozen=frozen, precision=ctx.precision, scaler=ctx.scaler, channels_last=ctx.channels_last,
-            progress=bar, on_step=lambda s, lo, lr: on_step(s - stage_step, lo, lr), log_every=ctx.log_every)
+            progress=bar, on_step=on_step, log_every=ctx.log_every)
         if bar is not None:
             bar.close()
         state.step += stats["steps"] - stage_step

@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline.config import load_config
-from pipeline.cv import fold_indices, make_splits, heldout_indices
+from pipeline.cv import fold_indices, heldout_indices, make_splits
 from pipeline.errors import DataError
 from pipeline.metrics import binary_metrics, bootstrap_ci, compute_metrics, youden_threshold
 
