@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -18,15 +19,19 @@ from .errors import ImageReadError
 from .manifest import Manifest, reader_options
 from .transforms import load_transforms
 
+# cached images are stored as 16-bit fixed point: half of float32's memory, and a finer step (1.5e-5) than
+# float16 has near 1.0 (4.9e-4), so training sees what inference on the file sees
+_Q = 65535.0
+
 
 class DecodedImages:
-    """Decoded 1xSxS images in [0, 1], by row index; float16 halves memory at no cost to 8-12 bit data."""
+    """Decoded 1xSxS images in [0, 1], by row index."""
 
     def __init__(self, cfg: Config, manifest: Manifest, progress: bool = False):
         self.cfg = cfg
         self.chain = load_transforms(cfg, reader_options(cfg))
         self.keep = cfg.data.cache == "memory"
-        self.images: dict[int, torch.Tensor] = {}
+        self.images: dict[int, np.ndarray] = {}
         rows = manifest.rows
         ok: list[dict] = []
         workers = max(1, min(4, torch.get_num_threads()))
@@ -43,7 +48,7 @@ class DecodedImages:
                     manifest.skipped.append({"image": row["image"], "row": row["row"], "reason": error.reason})
                     continue
                 if self.keep:
-                    self.images[len(ok)] = image.to(torch.float16)
+                    self.images[len(ok)] = np.round(image.clamp(0, 1).numpy() * _Q).astype(np.uint16)
                 ok.append(row)
         manifest.rows[:] = ok
 
@@ -58,7 +63,7 @@ class DecodedImages:
 
     def get(self, index: int, row: dict) -> torch.Tensor:
         if self.keep:
-            return self.images[index].float()
+            return torch.from_numpy(self.images[index].astype(np.float32) / _Q)
         return self.chain({"image": row["image"], "frame": row["frame"]})["image"]
 
 

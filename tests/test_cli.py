@@ -158,3 +158,17 @@ def test_torchrun_two_processes_on_cpu(small_chest, tmp_path):
     assert len(summary["folds"]) == 2
     with (run / "oof_predictions.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == sum(r["split"] == "train" for r in csv.DictReader(small_chest.open()))
+
+
+def test_predict_script_reproduces_the_test_ensemble(smoke_run, small_chest):
+    """scripts/predict.py rebuilds the fold models from best.pt and scores like the run's test ensemble."""
+    spec = importlib.util.spec_from_file_location("predict", ROOT / "scripts" / "predict.py")
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    with (smoke_run / "test_predictions.csv").open() as fh:
+        expected = list(csv.DictReader(fh))[:3]
+    images = [(str(small_chest.parent / r["image"]), None) for r in expected]
+    rows, skipped, classes = predict.predict_files(smoke_run, images)
+    assert not skipped and classes == ["normal", "pneumonia"]
+    for got, want in zip(rows, expected, strict=True):
+        assert abs(got["prob_pneumonia"] - float(want["prob_pneumonia"])) < 1e-4
