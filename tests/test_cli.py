@@ -172,3 +172,27 @@ def test_predict_script_reproduces_the_test_ensemble(smoke_run, small_chest):
     assert not skipped and classes == ["normal", "pneumonia"]
     for got, want in zip(rows, expected, strict=True):
         assert abs(got["prob_pneumonia"] - float(want["prob_pneumonia"])) < 1e-4
+
+
+def test_unreadable_image_is_skipped_and_recorded(capsys, tmp_path, small_chest):
+    rows = list(csv.DictReader(small_chest.open()))
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage")
+    rows.append({**rows[0], "image": str(broken), "patient_id": "PBROKEN", "split": "train"})
+    manifest = tmp_path / "labels.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            r["image"] = r["image"] if r["image"].startswith("/") else str(small_chest.parent / r["image"])
+            w.writerow(r)
+    err = _one_line_error(capsys, ["--config", "smoke", "--set", f"data.manifest={manifest}",
+                                   "--output-dir", str(tmp_path / "r"), "--dry-run"])
+    assert "broken.dcm" in err
+    run = tmp_path / "r2"
+    assert main(["--config", "smoke", "--set", f"data.manifest={manifest}", "--set", "data.on_error=skip",
+                 "--output-dir", str(run), "--dry-run", "--quiet"]) == 0
+    skipped = list(csv.DictReader((run / "skipped.csv").open()))
+    assert len(skipped) == 1 and skipped[0]["image"] == str(broken) and skipped[0]["reason"]
+    splits = json.loads((run / "splits.json").read_text())
+    assert "PBROKEN" not in {p for f in splits["folds"] for p in f["val_patients"]}
