@@ -34,22 +34,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def ensure_demo_data(cfg: Config, log=print) -> None:
-    """The built-in configs point at generated demo data: make it on first use."""
-    if not cfg.data.demo or resolve_data_path(cfg.data.manifest, cfg).is_file():
+    """The built-in configs point at generated demo data: make it on first use, and again when the generator
+    changed (make_demo compares the version marker it wrote and does nothing when the data are current)."""
+    if not cfg.data.demo:
         return
     script = PROJECT_ROOT / "scripts" / "make_demo_data.py"
+    target = resolve_data_path(cfg.data.manifest, cfg)
     if not script.is_file():
+        if target.is_file():
+            return
         raise ConfigError(f"data.demo: {script} is missing; generate the demo data or point data.manifest at your data")
+    folder = target.parent  # the demo manifest sits at <root>/<dataset>/labels.csv
+    if folder.exists() and not (folder / ".complete").is_file():
+        # never rewrite a folder the generator did not make (data.demo left on while pointing at real data)
+        if target.is_file():
+            return
+        raise ConfigError(f"data.demo: {folder} exists but holds no generated demo data; remove data.demo or the folder")
     spec = importlib.util.spec_from_file_location("make_demo_data", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    target = resolve_data_path(cfg.data.manifest, cfg)
-    # the manifest sits at <root>/<dataset>/labels.csv
-    root = target.parent.parent
-    log(f"generating demo data '{cfg.data.demo}' in {root} ...")
+    root = folder.parent
     t0 = time.perf_counter()
     module.make_demo(root, which=(cfg.data.demo,))
-    log(f"demo data ready ({time.perf_counter() - t0:.1f}s)")
+    if time.perf_counter() - t0 > 1:
+        log(f"generated demo data '{cfg.data.demo}' in {root} ({time.perf_counter() - t0:.1f}s)")
 
 
 def _run_dir(args, cfg: Config) -> Path:

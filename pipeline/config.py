@@ -111,6 +111,9 @@ class StageConfig(Strict):
     warmup_epochs: int = Field(0, ge=0)
     layer_decay: float | None = Field(None, gt=0, le=1)
     patience: int | None = Field(None, ge=1)  # early stop after this many epochs without improvement
+    # keep every BatchNorm's running statistics fixed (frozen layers always keep theirs): with small batches
+    # of gray images, re-estimating ImageNet statistics can undo what the head stage learned
+    freeze_bn: bool = False
 
     @field_validator("train")
     @classmethod

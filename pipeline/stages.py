@@ -41,6 +41,8 @@ def run_stage(model, stage: StageConfig, train_loader, val_loader, state: FoldSt
     """ctx: SimpleNamespace with device, precision, channels_last, task, loss_fn, tracker, monitor,
     threshold, progress (bool), log_every, scaler, dist, train_sampler."""
     frozen = set_trainable(model, stage.train)
+    if stage.freeze_bn:
+        frozen = list(model.modules())
     train_model = distributed.wrap(model, ctx.dist, ctx.device)
     optimizer = create_optimizer_v2(model, opt=stage.optimizer, lr=stage.lr, weight_decay=stage.weight_decay,
                                     layer_decay=stage.layer_decay)

@@ -48,6 +48,12 @@ def create_backbone(backbone: str, source: str, num_classes: int, drop_rate: flo
         model = _create_from_file(backbone, source, num_classes, **kwargs)
     if model.num_classes != num_classes:
         model.reset_classifier(num_classes)  # a new head for our classes; the checkpoint's head does not fit
+        # start the new head at zero: timm's default init (uniform in 1/sqrt(n_out)) gives a 1-output head
+        # logits of several units on pretrained features, and a first-epoch loss near 5 instead of ln 2
+        head = model.get_classifier()
+        if isinstance(head, torch.nn.Linear):
+            torch.nn.init.zeros_(head.weight)
+            torch.nn.init.zeros_(head.bias)
     if source == "bundled":
         return model, *BUNDLED_STATS
     return model, tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"])

@@ -36,13 +36,13 @@ from pydicom.uid import (
 )
 from scipy import ndimage as ndi
 
-VERSION = "1"  # bump when the generator changes so old demo folders are rewritten
+VERSION = "2"  # bump when the generator changes so old demo folders are rewritten
 DATASETS = ("chest_xray", "ultrasound")
 TEST_FRACTION = 0.2  # of the patients of each class
 
 # --- difficulty knobs. Measured: ImageNet EfficientNet-Lite0 fine-tuned at 128 px on the train split reaches
 # AUROC ~0.86 (chest) and ~0.92 (ultrasound, per study) on held-out data; see data/README.md ---------------
-OPACITY_CONTRAST = (0.30, 0.90)  # pneumonia patch brightness, as a fraction of the lung/soft-tissue gap
+OPACITY_CONTRAST = (0.45, 0.95)  # pneumonia patch brightness, as a fraction of the lung/soft-tissue gap
 OPACITY_RADIUS = (0.08, 0.22)  # patch size, in half-widths of the image's short side
 NODULE_RATE = 0.5  # Poisson mean of small bright nodules per chest image, BOTH classes (nuisance)
 LESION_CONTRAST = (0.45, 0.85)  # ultrasound lesion darkening, fraction of the surrounding echogenicity

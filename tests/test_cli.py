@@ -196,3 +196,18 @@ def test_unreadable_image_is_skipped_and_recorded(capsys, tmp_path, small_chest)
     assert len(skipped) == 1 and skipped[0]["image"] == str(broken) and skipped[0]["reason"]
     splits = json.loads((run / "splits.json").read_text())
     assert "PBROKEN" not in {p for f in splits["folds"] for p in f["val_patients"]}
+
+
+def test_demo_generation_never_touches_a_users_folder(tmp_path):
+    """data.demo left on while data.manifest points at real data: the folder is not rewritten."""
+    from pipeline.cli import ensure_demo_data
+    from pipeline.config import load_config
+
+    folder = tmp_path / "chest_xray"
+    folder.mkdir()
+    (folder / "labels.csv").write_text("image,label\nscan.dcm,normal\n")
+    (folder / "scan.dcm").write_bytes(b"precious")
+    cfg = load_config("chest_xray", [f"data.manifest={folder / 'labels.csv'}"])
+    ensure_demo_data(cfg, log=lambda *a: None)
+    assert (folder / "scan.dcm").read_bytes() == b"precious"
+    assert (folder / "labels.csv").read_text().startswith("image,label\nscan.dcm")

@@ -211,3 +211,14 @@ def test_auto_stem_picks_the_exact_strategy():
     assert res.stem_strategy == "fold"
     assert res_norm.mean[0] == pytest.approx((0.485 + 0.456 + 0.406) / 3)
     assert res_norm.std[0] == pytest.approx((0.229 + 0.224 + 0.225) / 3)
+
+
+def test_new_head_starts_at_zero_so_first_loss_is_ln2():
+    from pipeline.config import ModelConfig
+
+    model, _ = build_model(ModelConfig(), 1)
+    head = model.get_classifier()
+    assert head.weight.abs().sum() == 0 and head.bias.abs().sum() == 0
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model.eval()(x).squeeze(1), torch.tensor([0.0, 1.0]))
+    assert loss.item() == pytest.approx(np.log(2), abs=1e-6)
