@@ -45,6 +45,10 @@ class TaskConfig(Strict):
         return self.positive_class or self.classes[-1]
 
     @property
+    def negative(self) -> str:
+        return next(c for c in self.classes if c != self.positive)
+
+    @property
     def num_outputs(self) -> int:
         return 1 if self.type == "binary" else len(self.classes)
 

@@ -76,6 +76,8 @@ def _parse_target(record: dict, cfg: Config, where: str):
     label = (record.get(cfg.data.label_column) or "").strip()
     if label not in task.classes:
         raise DataError(f"{where}: label '{label}' is not one of task.classes {task.classes}")
+    if task.type == "binary":
+        return int(label == task.positive), label  # 1 = the positive class, whichever position it has
     return task.classes.index(label), label
 
 

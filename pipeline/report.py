@@ -16,11 +16,6 @@ import numpy as np
 from .metrics import HEADLINE, bootstrap_ci, compute_metrics, youden_threshold
 
 
-def _to_prob_matrix(task_type: str, probs: np.ndarray) -> np.ndarray:
-    probs = np.asarray(probs, dtype=float)
-    return np.stack([1 - probs, probs], 1) if task_type == "binary" else probs
-
-
 def _aggregate(rows, indices, probs, fold_of=None):
     """Average probabilities over the samples (frames) of one image file."""
     groups: dict[str, list[int]] = {}
@@ -43,9 +38,13 @@ def _arrays(items, task_type):
     return y, p
 
 
-def _write_predictions(path: Path, items, classes, task_type, with_fold: bool):
-    probs = [_to_prob_matrix(task_type, np.atleast_1d(it["prob"]))[0] if task_type == "binary"
-             else np.atleast_1d(it["prob"]) for it in items]
+def _write_predictions(path: Path, items, task, with_fold: bool):
+    classes, task_type = task.classes, task.type
+    if task_type == "binary":  # the model scores the positive class; one column per class, in class order
+        probs = [[float(it["prob"]) if c == task.positive else 1 - float(it["prob"]) for c in classes]
+                 for it in items]
+    else:
+        probs = [np.atleast_1d(it["prob"]) for it in items]
     fields = ["image", "patient_id"] + (["fold"] if with_fold else []) + ["frames", "label"]
     if task_type == "multilabel":
         fields += [f"label_{c}" for c in classes]
@@ -93,7 +92,7 @@ def write_outputs(cfg, run_dir: Path, manifest, splits, results, tracker) -> dic
                       "n_val": len(sel)})
     mean, std = _mean_std([f["metrics"] for f in folds])
     pooled = compute_metrics(task.type, y_oof, p_oof, task.classes, threshold, bins)
-    _write_predictions(run_dir / "oof_predictions.csv", oof, task.classes, task.type, with_fold=True)
+    _write_predictions(run_dir / "oof_predictions.csv", oof, task, with_fold=True)
 
     test_summary = None
     tests = [r["test"] for r in results if r.get("test")]
@@ -107,7 +106,7 @@ def write_outputs(cfg, run_dir: Path, manifest, splits, results, tracker) -> dic
         test_summary["ci95"] = bootstrap_ci(task.type, y_t, p_t, task.classes, [t["patient_id"] for t in test],
                                             threshold, n=cfg.report.bootstrap, seed=cfg.cv.seed, bins=bins)
         test_summary["n_models"] = len(tests)
-        _write_predictions(run_dir / "test_predictions.csv", test, task.classes, task.type, with_fold=False)
+        _write_predictions(run_dir / "test_predictions.csv", test, task, with_fold=False)
 
     summary = {
         "task": task.name, "type": task.type, "classes": task.classes,

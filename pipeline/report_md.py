@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _plots(run_dir: Path, oof, test, task_type: str, classes, bins: int) -> list[str]:
+def _plots(run_dir: Path, oof, test, task_type: str, classes, bins: int, positive=None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +29,7 @@ def _plots(run_dir: Path, oof, test, task_type: str, classes, bins: int) -> list
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, label=name)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC ({classes[1]} vs {classes[0]})")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC ({positive} vs {next(c for c in classes if c != positive)})")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(run_dir / "roc.png", dpi=110)
@@ -88,7 +88,8 @@ def write_report(run_dir: Path, summary: dict, oof, test, cfg) -> None:
         for k in keys:
             c = ci.get(k)
             lines.append(f"| {k} | {_fmt(t.get(k))} | {f'{c[0]:.3f} – {c[1]:.3f}' if c else ''} |")
-    for png in _plots(run_dir, oof, test, summary["type"], summary["classes"], cfg.report.calibration_bins):
+    for png in _plots(run_dir, oof, test, summary["type"], summary["classes"], cfg.report.calibration_bins,
+                      summary.get("positive_class")):
         lines += ["", f"![{png[:-4]}]({png})"]
     lines += ["", "Files: `summary.json`, `oof_predictions.csv`, `test_predictions.csv`, `splits.json`, "
               "`fold_K/best.pt`, `tensorboard/` (`tensorboard --logdir " + str(run_dir / "tensorboard") + "`).", ""]

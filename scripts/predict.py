@@ -60,7 +60,9 @@ def predict_files(run_dir: Path, images: list[tuple[str, int | None]], on_error:
             continue
         x = torch.as_tensor(x)[None]
         probs = torch.stack([probabilities(task_type, m(x))[0] for m, _ in models]).mean(0)
-        probs = torch.stack([1 - probs, probs]) if task_type == "binary" else probs
+        if task_type == "binary":  # the model scores the positive class
+            positive = ckpt["task"].get("positive_class") or classes[-1]
+            probs = torch.stack([probs if c == positive else 1 - probs for c in classes])
         out.append({"image": image, "frame": "" if frame is None else frame,
                     **{f"prob_{c}": round(float(v), 6) for c, v in zip(classes, probs, strict=True)}})
     return out, skipped, classes

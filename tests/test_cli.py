@@ -211,3 +211,13 @@ def test_demo_generation_never_touches_a_users_folder(tmp_path):
     ensure_demo_data(cfg, log=lambda *a: None)
     assert (folder / "scan.dcm").read_bytes() == b"precious"
     assert (folder / "labels.csv").read_text().startswith("image,label\nscan.dcm")
+
+
+def test_positive_class_decides_the_binary_target(small_chest):
+    from pipeline.config import load_config
+    from pipeline.manifest import load_manifest
+
+    for positive in ("pneumonia", "normal"):
+        cfg = load_config("smoke", [f"data.manifest={small_chest}", f"task.positive_class={positive}"])
+        rows = load_manifest(cfg).rows
+        assert rows and all(r["target"] == int(r["label"] == positive) for r in rows)
