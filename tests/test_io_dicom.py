@@ -335,6 +335,18 @@ def test_monochrome1_inversion(tmp_path):
     np.testing.assert_array_equal(read_gray(windowed)[0][0], [65535, 65535 - 6553.5, 0])
 
 
+def test_presentation_lut_shape(tmp_path):
+    """INVERSE inverts MONOCHROME2; with MONOCHROME1 (as DX files write it) it is no second inversion."""
+    pixels = np.array([[0, 100, 1000]], dtype=np.uint16)
+    inv2 = read_gray(write(tmp_path / "i2.dcm", pixels, PresentationLUTShape="INVERSE"))
+    np.testing.assert_array_equal(inv2[0][0], [1000, 900, 0])
+    assert inv2[1]["inverted"]
+    ident2 = read_gray(write(tmp_path / "d2.dcm", pixels, PresentationLUTShape="IDENTITY"))
+    np.testing.assert_array_equal(ident2[0][0], [0, 100, 1000])
+    inv1 = read_gray(write(tmp_path / "i1.dcm", pixels, photometric="MONOCHROME1", PresentationLUTShape="INVERSE"))
+    np.testing.assert_array_equal(inv1[0][0], [1000, 900, 0])
+
+
 def test_multiframe_selection(tmp_path):
     frames = np.stack([np.full((3, 4), k, np.uint16) for k in range(5)])
     path = write(tmp_path / "mf.dcm", frames)

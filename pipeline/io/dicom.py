@@ -222,9 +222,11 @@ def read(path, pick, options):
             raise ImageReadError(path, f"cannot apply the modality LUT ({_reason(e)})") from e
         x, voi_applied, out_range = _apply_voi(x, fds, options, path)
         image = np.asarray(x, dtype=np.float64)
-        if photometric == "MONOCHROME1":
-            # Low values are bright in MONOCHROME1: mirror within the VOI output range when one defines it,
-            # else within this frame's data range.
+        # Low values are bright in MONOCHROME1, and in MONOCHROME2 shown through an INVERSE Presentation LUT
+        # Shape (DX requires INVERSE with MONOCHROME1 as a restatement, not a second inversion)
+        shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+        if photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE"):
+            # mirror within the VOI output range when one defines it, else within this frame's data range
             lo, hi = out_range if out_range else (float(image.min()), float(image.max()))
             image = (hi + lo) - image
             inverted = True
