@@ -221,3 +221,32 @@ def test_positive_class_decides_the_binary_target(small_chest):
         cfg = load_config("smoke", [f"data.manifest={small_chest}", f"task.positive_class={positive}"])
         rows = load_manifest(cfg).rows
         assert rows and all(r["target"] == int(r["label"] == positive) for r in rows)
+
+
+def test_exported_torchscript_matches_predict(smoke_run, small_chest, tmp_path):
+    """The exported ensemble, fed [0, 1] pixels, gives the same probabilities as predict.py on the file."""
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.manifest import reader_options
+    from pipeline.transforms import load_transforms
+
+    def _script(name):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    out = tmp_path / "model.ts"
+    assert _script("export").main([str(smoke_run), "--out", str(out)]) == 0
+    meta = json.loads((tmp_path / "model.ts.json").read_text())
+    assert meta["classes"] == ["normal", "pneumonia"] and meta["folds"] == [0, 1]
+    scripted = torch.jit.load(str(out))
+    image = str(small_chest.parent / next(csv.DictReader(small_chest.open()))["image"])
+    cfg = load_config(str(smoke_run / "config.yaml"))
+    x = load_transforms(cfg, reader_options(cfg))({"image": image, "frame": None})["image"]
+    with torch.no_grad():
+        probs = scripted(torch.as_tensor(x)[None])[0]
+    rows, _, _ = _script("predict").predict_files(smoke_run, [(image, None)])
+    assert abs(float(probs[1]) - rows[0]["prob_pneumonia"]) < 1e-5
+    assert abs(float(probs.sum()) - 1) < 1e-6
