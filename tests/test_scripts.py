@@ -1,4 +1,4 @@
-"""The helper scripts in-process on real files: index_dicom, audit, preview, benchmark."""
+"""The command-line scripts in-process on real files: index_dicom, audit, preview, benchmark."""
 
 import csv
 import importlib.util
