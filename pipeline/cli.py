@@ -20,11 +20,16 @@ from .manifest import resolve_data_path
 PROJECT_ROOT = CONFIG_DIR.parent
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """--config and --set, the same for train.py and the scripts that read a config."""
     p.add_argument("--config", default="chest_xray", help="YAML file, or a name in configs/ (default chest_xray)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.batch_size=16 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
+    add_config_arguments(p)
     p.add_argument("--output-dir", help="run folder (default: output.dir/<task>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run: finished folds are kept")
     p.add_argument("--fold", type=int, action="append", help="run only this fold (repeatable)")

@@ -183,6 +183,18 @@ def convert_stem(model: nn.Module, strategy: str, in_chans: int, mean, std) -> N
     return Normalization((m_bar,) * in_chans, (s_bar * scale,) * in_chans)
 
 
+def output_at(model: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, output of `module`) of one no-grad forward: how the stem checks compare models layer by layer."""
+    out = {}
+    handle = module.register_forward_hook(lambda _m, _i, o: out.setdefault("y", o))
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        handle.remove()
+    return logits, out["y"]
+
+
 def border_mask(conv: nn.Conv2d, height: int, width: int) -> torch.Tensor:
     """Bool (H', W') map of the conv's output positions whose receptive field reaches into the padding."""
     probe = copy.deepcopy(conv).float()  # deepcopy keeps the conv's own padding logic (Conv2dSame, ...)

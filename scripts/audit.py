@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from pipeline.cli import add_config_arguments  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.cv import make_splits  # noqa: E402
 from pipeline.errors import DataError, ImageReadError, PipelineError  # noqa: E402
@@ -272,9 +273,7 @@ def to_markdown(rep: dict, show: int = 30) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="audit.py", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="chest_xray", help="YAML file or a name in configs/ (default chest_xray)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable)")
+    add_config_arguments(p)
     p.add_argument("--out", help="report folder (default ./audit-<task name>)")
     return p
 

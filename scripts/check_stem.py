@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pipeline.stems import border_mask, convert_stem, offset_site, stem_conv  # noqa: E402
+from pipeline.stems import border_mask, convert_stem, offset_site, output_at, stem_conv  # noqa: E402
 from pipeline.weights import create_backbone  # noqa: E402
 
 
@@ -36,15 +36,6 @@ def grey_photo(name: str, size: int) -> torch.Tensor:
 
 def _normalise(x, mean, std):
     return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-
-
-def _stem_output(model, module, x):
-    out = {}
-    handle = module.register_forward_hook(lambda _m, _i, o: out.setdefault("y", o))
-    with torch.no_grad():
-        logits = model(x)
-    handle.remove()
-    return logits, out["y"]
 
 
 def _top5(logits):
@@ -82,9 +73,9 @@ def check_stem(backbone: str = "tf_efficientnet_lite0", stem: str = "fold", pret
     for img in images:
         x = grey_photo(img, size)
         x3 = x.expand(-1, len(mean), -1, -1)
-        ref_logits, ref_stem = _stem_output(ref, site_ref, _normalise(x3, *((mean, std) if per_channel else (m_bar, s_bar))))
+        ref_logits, ref_stem = output_at(ref, site_ref, _normalise(x3, *((mean, std) if per_channel else (m_bar, s_bar))))
         pc_logits = ref(_normalise(x3, mean, std)).detach()
-        logits, stem_out = _stem_output(model, site_1ch, _normalise(x, norm.mean, norm.std))
+        logits, stem_out = output_at(model, site_1ch, _normalise(x, norm.mean, norm.std))
         d = (logits - ref_logits).abs().max().item()
         diffs.append(d)
         rels.append(d / ref_logits.abs().max().item())

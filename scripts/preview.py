@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from pipeline.cli import add_config_arguments  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.errors import DataError, PipelineError  # noqa: E402
 from pipeline.manifest import reader_options  # noqa: E402
@@ -65,9 +66,7 @@ def write_png(display: np.ndarray, out: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="preview.py", description=__doc__.splitlines()[0])
     p.add_argument("path", help="DICOM, NIfTI or raster file")
-    p.add_argument("--config", default="chest_xray", help="YAML file or a name in configs/ (default chest_xray)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable), e.g. data.image_size=256")
+    add_config_arguments(p)
     p.add_argument("--frame", type=int, help="frame / slice index (default: the config's data.frames policy)")
     p.add_argument("--png", help="write what the network sees as an 8-bit PNG here")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -9,7 +9,7 @@ from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.stems import Normalization, border_mask, convert_stem, offset_site, stem_conv
+from pipeline.stems import Normalization, border_mask, convert_stem, offset_site, output_at, stem_conv
 from pipeline.weights import create_backbone
 
 BACKBONES = ["resnet18", "densenet121", "tf_efficientnet_lite0", "convnext_nano"]
@@ -76,15 +76,6 @@ def test_random_stem_differs(backbone):
     assert diff > 1e-2
 
 
-def _site_output(model, module, x):
-    out = {}
-    handle = module.register_forward_hook(lambda _m, _i, o: out.setdefault("y", o))
-    with torch.no_grad():
-        logits = model(x)
-    handle.remove()
-    return logits, out["y"]
-
-
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_fold_exact_in_interior_and_border_deviation_measured(backbone):
     ref = reference(backbone)
@@ -94,8 +85,8 @@ def test_fold_exact_in_interior_and_border_deviation_measured(backbone):
     model, norm = converted(backbone, "fold")
     assert norm == Normalization((pytest.approx(M_BAR),), (pytest.approx(S_BAR),))
     x = grey_photo()
-    ref_logits, ref_y = _site_output(ref, site, normalise(x.expand(-1, 3, -1, -1), *IMAGENET))
-    logits, y = _site_output(model, model.get_submodule(site_name), normalise(x, norm.mean, norm.std))
+    ref_logits, ref_y = output_at(ref, site, normalise(x.expand(-1, 3, -1, -1), *IMAGENET))
+    logits, y = output_at(model, model.get_submodule(site_name), normalise(x, norm.mean, norm.std))
     dev = (y - ref_y).abs()[0].amax(0)
     mask = border_mask(stem_conv(model)[1], 64, 64)
     assert dev[~mask].max() < 1e-4
