@@ -6,6 +6,7 @@ silently ignored and leave a default in force).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +58,7 @@ FramePolicy = Literal["middle", "first", "all", "nonzero"] | int
 
 
 class DataConfig(Strict):
+    # a CSV (image, label, patient_id[, split][, frame]) or a folder of class folders (see pipeline/folders.py)
     manifest: str
     # folder that relative image paths start from; default: the manifest's folder
     root: str | None = None
@@ -65,6 +67,10 @@ class DataConfig(Strict):
     on_error: Literal["raise", "skip"] = "raise"
     label_column: str = "label"
     patient_column: str = "patient_id"
+    # where no patient id is given: a regex on the image path whose group 'patient' (or first group) is the id,
+    # e.g. 'person(\d+)_' for file names like person12_bacteria_3.jpeg
+    patient_regex: str | None = None
+    exclude: list[str] = Field(default_factory=list)  # glob patterns of files to leave out, e.g. "*_mask*"
     # multi-frame DICOM / NIfTI: which frames or slices become samples ('all' and 'nonzero' expand rows)
     frames: FramePolicy = "middle"
     slice_axis: int = -1
@@ -76,6 +82,16 @@ class DataConfig(Strict):
     intensity: Literal["minmax", "percentile"] = "minmax"
     cache: Literal["memory", "none"] = "memory"
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("patient_regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression ({exc})") from None
+        return v
 
 
 class AugmentConfig(Strict):

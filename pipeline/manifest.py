@@ -9,12 +9,15 @@ such row keeps the patient id, so all frames of a patient land in the same fold.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import CONFIG_DIR, Config
 from .errors import DataError, ImageReadError
+from .folders import folder_records
 from .io import ReaderOptions, count_frames, nonzero_slices
 
 PROJECT_ROOT = CONFIG_DIR.parent
@@ -26,7 +29,8 @@ class Manifest:
     rows: list[dict]
     skipped: list[dict] = field(default_factory=list)  # {'image', 'row', 'reason'}
     path: Path | None = None
-    patient_source: str = "column"  # column | dicom | image (each image its own patient)
+    # column | regex | dicom; 'image' or 'mixed' when some images had no id and count as their own patient
+    patient_source: str = "column"
 
 
 def resolve_data_path(text: str, cfg: Config) -> Path:
@@ -74,6 +78,8 @@ def _parse_target(record: dict, cfg: Config, where: str):
                 raise DataError(f"{where}: column '{c}' must be 0, 1 or blank, got '{v}'")
         return vec, ";".join(c for c, x in zip(task.classes, vec, strict=True) if x == 1.0)
     label = (record.get(cfg.data.label_column) or "").strip()
+    if not label:
+        raise DataError(f"{where}: no label (column '{cfg.data.label_column}', or a class folder above the file)")
     if label not in task.classes:
         raise DataError(f"{where}: label '{label}' is not one of task.classes {task.classes}")
     if task.type == "binary":
@@ -97,8 +103,23 @@ def _expand_frames(path: Path, explicit: str, cfg: Config, opts: ReaderOptions) 
     return [None]  # middle / first: the reader picks
 
 
-def load_manifest(cfg: Config) -> Manifest:
-    path = resolve_data_path(cfg.data.manifest, cfg)
+def _patient_from_path(regex: re.Pattern | None, image_text: str) -> str:
+    m = regex.search(image_text) if regex else None
+    if not m:
+        return ""
+    if "patient" in regex.groupindex:
+        return m.group("patient") or ""
+    # the first group that matched: alternatives such as (?:person(\d+)_|IM-(\d+)-) each have their own
+    return next((g for g in m.groups() if g), m.group(0))
+
+
+def _read_records(path: Path, cfg: Config) -> tuple[Path, list[str], list[dict]]:
+    """(root for relative paths, columns, records) of a CSV manifest or a folder of class folders."""
+    if path.is_dir():
+        if cfg.task.type == "multilabel":
+            raise DataError(f"data.manifest: {path} is a folder; multi-label tasks need a CSV with one column per class")
+        records = folder_records(path, cfg.task.classes, cfg.data.exclude, cfg.data.label_column)
+        return path, ["image", cfg.data.label_column, "split"], records
     if not path.is_file():
         raise DataError(f"data.manifest: file not found: {path}")
     root = resolve_data_path(cfg.data.root, cfg) if cfg.data.root else path.parent
@@ -106,6 +127,17 @@ def load_manifest(cfg: Config) -> Manifest:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         records = list(reader)
+    if cfg.data.exclude:
+        records = [r for r in records if not any(fnmatch.fnmatch(r.get("image") or "", p) or
+                                                 fnmatch.fnmatch(Path(r.get("image") or "").name, p)
+                                                 for p in cfg.data.exclude)]
+    return root, columns, records
+
+
+def load_manifest(cfg: Config) -> Manifest:
+    path = resolve_data_path(cfg.data.manifest, cfg)
+    root, columns, records = _read_records(path, cfg)
+    regex = re.compile(cfg.data.patient_regex) if cfg.data.patient_regex else None
     if "image" not in columns:
         raise DataError(f"{path}: the manifest needs an 'image' column (found: {', '.join(columns)})")
     if cfg.task.type != "multilabel" and cfg.data.label_column not in columns:
@@ -115,7 +147,8 @@ def load_manifest(cfg: Config) -> Manifest:
 
     opts = reader_options(cfg)
     has_pid = cfg.data.patient_column in columns
-    manifest = Manifest(rows=[], path=path, patient_source="column" if has_pid else "dicom")
+    manifest = Manifest(rows=[], path=path,
+                        patient_source="column" if has_pid else "regex" if regex else "dicom")
     for line, rec in enumerate(records, start=2):  # line 1 is the header
         where = f"{path.name} row {line}"
         image_text = (rec.get("image") or "").strip()
@@ -131,6 +164,8 @@ def load_manifest(cfg: Config) -> Manifest:
             if split not in ("train", "test"):
                 raise DataError(f"{where}: split must be 'train' or 'test', got '{split}'")
             pid = (rec.get(cfg.data.patient_column) or "").strip() if has_pid else ""
+            if not pid:
+                pid = _patient_from_path(regex, image_text)
             if not pid and image.suffix.lower() in DICOM_SUFFIXES:
                 pid = _dicom_patient_id(image) or ""
             if not pid:

@@ -64,6 +64,10 @@ def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, log=print, main
     manifest = load_manifest(cfg)
     t0 = time.perf_counter()
     decoded = DecodedImages(cfg, manifest, progress=cfg.train.progress and main_rank)
+    own = sum(r["patient_id"].startswith("image:") for r in manifest.rows)
+    if own:
+        log(f"warning: {own} samples have no patient id and count as their own patient, so one patient's images "
+            "can land in different folds; add a patient_id column or set data.patient_regex")
     log(f"decoded {len(manifest.rows)} samples in {time.perf_counter() - t0:.1f}s"
         + (f"; skipped {len(manifest.skipped)} (see skipped.csv)" if manifest.skipped else ""))
     if manifest.skipped and main_rank:
