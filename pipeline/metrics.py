@@ -89,7 +89,7 @@ def multiclass_metrics(y, p, classes, bins: int = 10) -> dict:
         "auroc": _macro(per_class, "auroc"),
         "auprc": _macro(per_class, "auprc"),
         "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "balanced_accuracy": _safe(balanced_accuracy_score, y, pred),  # a class may be absent in a resample
         "sensitivity": _macro(per_class, "sensitivity"),
         "specificity": _macro(per_class, "specificity"),
         "f1": float(f1_score(y, pred, average="macro", labels=list(range(len(classes))), zero_division=0)),

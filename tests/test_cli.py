@@ -250,3 +250,38 @@ def test_exported_torchscript_matches_predict(smoke_run, small_chest, tmp_path):
     rows, _, _ = _script("predict").predict_files(smoke_run, [(image, None)])
     assert abs(float(probs[1]) - rows[0]["prob_pneumonia"]) < 1e-5
     assert abs(float(probs.sum()) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("task_type", ["multiclass", "multilabel"])
+def test_multiclass_and_multilabel_runs(task_type, small_chest, tmp_path):
+    """Cross-entropy and masked multi-label paths end to end; scores are per class, blanks are unknown."""
+    rows = list(csv.DictReader(small_chest.open()))
+    classes = ["a", "b", "c"]
+    manifest = tmp_path / "labels.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        if task_type == "multiclass":
+            w.writerow(["image", "label", "patient_id", "split"])
+            for r in rows:
+                w.writerow([small_chest.parent / r["image"], classes[int(r["patient_id"][1:]) % 3], r["patient_id"],
+                            r["split"]])
+        else:
+            w.writerow(["image", "patient_id", "split", *classes])
+            for i, r in enumerate(rows):
+                k = int(r["patient_id"][1:])
+                w.writerow([small_chest.parent / r["image"], r["patient_id"], r["split"],
+                            int(r["label"] == "pneumonia"), k % 2, "" if i % 4 == 0 else (k // 2) % 2])
+    run = tmp_path / "run"
+    assert main(["--config", "smoke", "--set", f"data.manifest={manifest}", "--set", f"task.type={task_type}",
+                 "--set", "task.classes=[a, b, c]", "--set", "train.stages.1.epochs=1", "--set", "cv.folds=2",
+                 "--output-dir", str(run), "--quiet"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["folds"][0]["metrics"]["per_class"]) == set(classes)
+    assert summary["mean"]["auroc"] is not None
+    with (run / "oof_predictions.csv").open() as fh:
+        oof = list(csv.DictReader(fh))
+    assert {f"prob_{c}" for c in classes} <= set(oof[0])
+    if task_type == "multiclass":
+        assert all(abs(sum(float(r[f"prob_{c}"]) for c in classes) - 1) < 1e-4 for r in oof)
+    else:
+        assert any(r["label_c"] == "" for r in oof)  # unknown labels survive as blanks
