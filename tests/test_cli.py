@@ -285,3 +285,33 @@ def test_multiclass_and_multilabel_runs(task_type, small_chest, tmp_path):
         assert all(abs(sum(float(r[f"prob_{c}"]) for c in classes) - 1) < 1e-4 for r in oof)
     else:
         assert any(r["label_c"] == "" for r in oof)  # unknown labels survive as blanks
+
+
+def test_unavailable_weights_stop_before_any_work(capsys, tmp_path, small_chest):
+    err = _one_line_error(capsys, ["--config", "smoke", "--set", f"data.manifest={small_chest}",
+                                   "--set", "model.backbone=resnet50", "--set", "model.pretrained=timm",
+                                   "--output-dir", str(tmp_path / "r"), "--dry-run"])
+    assert "resnet50" in err and "model.pretrained" in err
+    assert not (tmp_path / "r" / "splits.json").exists()
+
+
+def test_all_frames_of_a_cine_stay_in_one_fold(tmp_path):
+    """frames: all expands every cine into one sample per frame; folds are drawn on patients."""
+    from pipeline.config import load_config
+    from pipeline.cv import fold_indices, make_splits
+    from pipeline.io import count_frames
+    from pipeline.manifest import load_manifest
+
+    _load_demo_module().make_demo(tmp_path, which=("ultrasound",), n_scale=0.4)
+    labels = tmp_path / "ultrasound" / "labels.csv"
+    cfg = load_config("ultrasound", [f"data.manifest={labels}", "cv.folds=3"])
+    rows = load_manifest(cfg).rows
+    files = {r["image"] for r in rows}
+    assert len(rows) == sum(count_frames(f) for f in files) > len(files)
+    splits = make_splits(rows, cfg, manifest_has_split=True)
+    fold_of = {}
+    for k in range(3):
+        _, val = fold_indices(rows, splits, k)
+        for i in val:
+            assert fold_of.setdefault(rows[i]["image"], k) == k
+            assert fold_of.setdefault(rows[i]["patient_id"], k) == k
