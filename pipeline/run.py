@@ -167,9 +167,10 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
     if not dist.is_main:
         log = lambda *a, **k: None  # noqa: E731
     # weights that cannot be had should stop the run before minutes of decoding, and --dry-run should say so
-    _, norm = build_model(cfg.model, cfg.task.num_outputs)
-    log(f"model: {cfg.model.backbone} ({cfg.model.pretrained} weights, {cfg.model.stem} stem); "
+    probe, norm = build_model(cfg.model, cfg.task.num_outputs)
+    log(f"model: {cfg.model.backbone} ({cfg.model.pretrained} weights, {probe.stem_strategy} stem); "
         f"input normalisation mean {list(norm.mean)} std {list(norm.std)}")
+    del probe
     manifest, decoded, splits = prepare(cfg, run_dir, resume=resume, log=log, main_rank=dist.is_main)
     if dry_run:
         n_test = len(heldout_indices(manifest.rows))
