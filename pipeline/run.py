@@ -87,8 +87,11 @@ def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, log=print, main
 
 
 def _loader(cfg, dataset, shuffle: bool, device, sampler=None):
+    n = len(sampler) if sampler is not None else len(dataset)
+    # a training batch of one sample breaks BatchNorm in train mode: drop it (the shuffle varies which)
+    drop_last = shuffle and n % cfg.train.batch_size == 1 and n > 1
     return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, drop_last=False,
+                      sampler=sampler, drop_last=drop_last,
                       num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                       persistent_workers=cfg.data.num_workers > 0)
 
