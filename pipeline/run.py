@@ -70,8 +70,8 @@ def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, log=print, main
             "can land in different folds; add a patient_id column or set data.patient_regex")
     log(f"decoded {len(manifest.rows)} samples in {time.perf_counter() - t0:.1f}s"
         + (f"; skipped {len(manifest.skipped)} (see skipped.csv)" if manifest.skipped else ""))
-    if manifest.skipped and main_rank:
-        write_skipped(manifest.skipped, run_dir)
+    if main_rank and (manifest.skipped or cfg.data.on_error == "skip"):
+        write_skipped(manifest.skipped, run_dir)  # with on_error=skip an empty list is news too
     split_path = run_dir / "splits.json"
     has_split = any(r["split"] == "test" for r in manifest.rows) or cfg.cv.test_fraction == 0
     if resume and split_path.exists():
