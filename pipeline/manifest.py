@@ -65,17 +65,25 @@ def _parse_target(record: dict, cfg: Config, where: str):
     task = cfg.task
     if task.type == "multilabel":
         missing = [c for c in task.classes if c not in record]
+        if missing and cfg.data.label_column in record:
+            # one column of names, as NIH ChestX-ray14 ships it: "Effusion|Infiltration", "No Finding";
+            # findings outside task.classes are not ours to predict and leave the row's classes negative
+            names = {n.strip() for n in re.split(r"[|;]", record[cfg.data.label_column] or "") if n.strip()}
+            vec = [1.0 if c in names else 0.0 for c in task.classes]
+            return vec, ";".join(c for c in task.classes if c in names)
         if missing:
-            raise DataError(f"{where}: multi-label manifest needs one 0/1 column per class; missing {missing}")
+            raise DataError(f"{where}: multi-label manifest needs one 0/1 column per class (or a "
+                            f"'{cfg.data.label_column}' column of names separated by |); missing {missing}")
         vec = []
         for c in task.classes:
             v = (record[c] or "").strip()
-            if v == "":
-                vec.append(math.nan)  # unknown: masked out of the loss and the metrics
+            if v in ("", "-1", "-1.0"):
+                # unknown, or uncertain as CheXpert writes it (-1): masked out of the loss and the metrics
+                vec.append(math.nan)
             elif v in ("0", "1", "0.0", "1.0"):
                 vec.append(float(v))
             else:
-                raise DataError(f"{where}: column '{c}' must be 0, 1 or blank, got '{v}'")
+                raise DataError(f"{where}: column '{c}' must be 0, 1, -1 (uncertain) or blank, got '{v}'")
         return vec, ";".join(c for c, x in zip(task.classes, vec, strict=True) if x == 1.0)
     label = (record.get(cfg.data.label_column) or "").strip()
     if not label:

@@ -84,3 +84,29 @@ def test_csv_patient_column_regex_fallback_and_exclude(tmp_path):
 def test_bad_patient_regex_is_a_config_error():
     with pytest.raises(ConfigError, match="data.patient_regex"):
         load_config("chest_xray", ["data.patient_regex=person(\\d+"])
+
+
+def test_multilabel_from_name_lists_and_uncertain_values(tmp_path):
+    """NIH-style 'A|B' label lists, and CheXpert-style -1 (uncertain) read as unknown."""
+    _png(tmp_path / "x.png", 1)
+    with (tmp_path / "nih.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "label", "Patient ID"])
+        w.writerows([["x.png", "Effusion|Nodule", "7"], ["x.png", "No Finding", "8"], ["x.png", "Hernia", "9"]])
+    cfg = load_config("chest_xray", [f"data.manifest={tmp_path / 'nih.csv'}", "data.demo=null", "task.type=multilabel",
+                                     "task.classes=[Effusion, Nodule]", "task.positive_class=null",
+                                     "data.patient_column=Patient ID"])
+    rows = load_manifest(cfg).rows
+    assert [r["target"] for r in rows] == [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    assert [r["patient_id"] for r in rows] == ["7", "8", "9"]
+
+    with (tmp_path / "chexpert.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "patient_id", "Effusion", "Nodule"])
+        w.writerows([["x.png", "1", "1.0", "-1.0"], ["x.png", "2", "", "0.0"]])
+    cfg = load_config("chest_xray", [f"data.manifest={tmp_path / 'chexpert.csv'}", "data.demo=null",
+                                     "task.type=multilabel", "task.classes=[Effusion, Nodule]",
+                                     "task.positive_class=null"])
+    rows = load_manifest(cfg).rows
+    assert rows[0]["target"][0] == 1.0 and np.isnan(rows[0]["target"][1])
+    assert np.isnan(rows[1]["target"][0]) and rows[1]["target"][1] == 0.0
