@@ -191,6 +191,14 @@ class Config(Strict):
     # then against the project root (so `--config configs/x.yaml` works from anywhere)
     source: str | None = None
 
+    @model_validator(mode="after")
+    def _one_channel_data(self):
+        # the model factory converts stems for several channels, but the data path reads one gray channel
+        if self.model.in_chans != 1:
+            raise ValueError("model.in_chans: training reads one gray channel per image; set in_chans: 1 "
+                             "(several channels are available to the model factory, not yet to the data path)")
+        return self
+
 
 def resolve_config_path(name: str) -> Path:
     """`chest_xray`, `chest_xray.yaml` or a path; bare names resolve in configs/."""

@@ -60,3 +60,8 @@ def test_round_trip(tmp_path):
     again = load_config(str(tmp_path / "config.yaml"))
     assert again == cfg
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["seed"] == 7
+
+
+def test_in_chans_other_than_one_is_refused_for_training():
+    with pytest.raises(ConfigError, match="in_chans"):
+        load_config("chest_xray", ["model.in_chans=2"])
