@@ -185,6 +185,9 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
         if not 0 <= k < cfg.cv.folds:
             raise ConfigError(f"--fold {k}: must be between 0 and {cfg.cv.folds - 1} (cv.folds)")
     tracker = Tracker(run_dir, enabled=dist.is_main)
+    # the resolved config beside the curves, so a TensorBoard view says what produced them
+    tracker.text("config", "```\n" + (run_dir / "config.yaml").read_text() + "\n```"
+                 if (run_dir / "config.yaml").exists() else "")
     results = []
     try:
         for k in todo:

@@ -75,6 +75,7 @@ def test_smoke_run_tensorboard_tags(smoke_run):
                 "summary/cv_mean_auroc"):
         assert tag in tags, tag
     assert len(acc.Scalars("fold_0/val/auroc")) == 2  # one per epoch across both stages
+    assert "config/text_summary" in acc.Tags()["tensors"]
 
 
 def test_best_checkpoint_rebuilds_the_model(smoke_run):
