@@ -8,6 +8,9 @@ import numpy as np
 
 
 def _plots(run_dir: Path, oof, test, task_type: str, classes, bins: int, positive=None) -> list[str]:
+    """ROC and reliability diagram of the binary task, out-of-fold and test curves on the same axes."""
+    if task_type != "binary":
+        return []
     import matplotlib
 
     matplotlib.use("Agg")
@@ -15,43 +18,30 @@ def _plots(run_dir: Path, oof, test, task_type: str, classes, bins: int, positiv
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import roc_curve
 
-    if task_type != "binary":
-        return []
-    made = []
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    curves = []
     for name, items in (("out-of-fold", oof), ("test (fold ensemble)", test)):
-        if not items:
-            continue
-        y = np.array([it["target"] for it in items], dtype=int)
-        p = np.array([it["prob"] for it in items], dtype=float)
-        if len(set(y)) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, label=name)
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC ({positive} vs {next(c for c in classes if c != positive)})")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(run_dir / "roc.png", dpi=110)
-    plt.close(fig)
-    made.append("roc.png")
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name, items in (("out-of-fold", oof), ("test", test)):
-        if not items:
-            continue
-        y = np.array([it["target"] for it in items], dtype=int)
-        p = np.array([it["prob"] for it in items], dtype=float)
-        frac, mean_p = calibration_curve(y, p, n_bins=bins, strategy="uniform")
-        ax.plot(mean_p, frac, "o-", label=name)
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="predicted probability", ylabel="observed frequency", title="Calibration")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(run_dir / "calibration.png", dpi=110)
-    plt.close(fig)
-    made.append("calibration.png")
-    return made
+        y = np.array([it["target"] for it in items or []], dtype=int)
+        if len(set(y)) == 2:
+            curves.append((name, y, np.array([it["prob"] for it in items], dtype=float)))
+    negative = next(c for c in classes if c != positive)
+    figures = {
+        "roc.png": (lambda y, p: roc_curve(y, p)[:2], "1 - specificity", "sensitivity",
+                    f"ROC ({positive} vs {negative})", "lower right", "-"),
+        "calibration.png": (lambda y, p: calibration_curve(y, p, n_bins=bins, strategy="uniform")[::-1],
+                            "predicted probability", "observed frequency", "Calibration", "upper left", "o-"),
+    }
+    for png, (xy, xlabel, ylabel, title, legend, style) in figures.items():
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        for name, y, p in curves:
+            ax.plot(*xy(y, p), style, label=name)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        if curves:
+            ax.legend(loc=legend)
+        fig.tight_layout()
+        fig.savefig(run_dir / png, dpi=110)
+        plt.close(fig)
+    return list(figures)
 
 
 def _fmt(v):
