@@ -16,6 +16,8 @@ from . import distributed
 from .config import CONFIG_DIR, Config, load_config, save_config
 from .errors import ConfigError, PipelineError
 from .manifest import resolve_data_path
+from .tracking import log as logger
+from .tracking import setup_logging
 
 PROJECT_ROOT = CONFIG_DIR.parent
 
@@ -81,7 +83,8 @@ def _run_dir(args, cfg: Config) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    log = (lambda *a, **k: None) if args.quiet else print
+    setup_logging(quiet=args.quiet)
+    log = logger.info
     try:
         if args.resume:
             saved = Path(args.resume) / "config.yaml"
@@ -93,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.quiet:
             cfg.train.progress = False
         dist, device = distributed.init(cfg.train.device)
-        if not dist.is_main:
-            log = lambda *a, **k: None  # noqa: E731
+        setup_logging(quiet=args.quiet, is_main=dist.is_main)
         # under torchrun rank 0 alone creates the demo data and the run folder, then tells the others
         run_dir = None
         if dist.is_main:
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         from .run import run
 
         t0 = time.perf_counter()
-        summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume), dry_run=args.dry_run, log=log,
+        summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume), dry_run=args.dry_run,
                       dist=dist, device=device)
         distributed.shutdown(dist)
         if summary is not None:

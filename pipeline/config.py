@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .vocab import MONITORS, STEM_STRATEGIES, parse_train_spec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -83,6 +84,13 @@ class DataConfig(Strict):
     cache: Literal["memory", "none"] = "memory"
     num_workers: int = Field(0, ge=0)
 
+    # every setting that changes the decoded pixels, before augmentation: checkpoints record them so inference
+    # reads files exactly as training did
+    PIXEL_SETTINGS: ClassVar[tuple[str, ...]] = ("frames", "slice_axis", "voi", "voi_index", "crop_us_region", "image_size", "intensity")
+
+    def pixel_settings(self) -> dict:
+        return self.model_dump(mode="json", include=set(self.PIXEL_SETTINGS))
+
     @field_validator("patient_regex")
     @classmethod
     def _regex(cls, v: str | None) -> str | None:
@@ -115,7 +123,7 @@ class ModelConfig(Strict):
     backbone: str = "tf_efficientnet_lite0"
     pretrained: str = "bundled"  # bundled | timm | none | path to a checkpoint file
     # auto: sum where the weights normalise every channel alike (exact), else fold (exact off the border)
-    stem: Literal["auto", "sum", "fold", "repeat", "mean", "random"] = "auto"
+    stem: Literal[("auto", *STEM_STRATEGIES)] = "auto"
     in_chans: int = Field(1, ge=1)
     drop_rate: float = Field(0.2, ge=0, lt=1)
 
@@ -138,11 +146,8 @@ class StageConfig(Strict):
     @field_validator("train")
     @classmethod
     def _train(cls, v: str) -> str:
-        if v in ("head", "all"):
-            return v
-        if v.startswith("last:") and v[5:].isdigit() and int(v[5:]) > 0:
-            return v
-        raise ValueError("must be 'head', 'all' or 'last:N' with N > 0")
+        parse_train_spec(v)
+        return v
 
 
 def _default_stages() -> list[StageConfig]:
@@ -158,7 +163,7 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = True
     seed: int = 42
-    monitor: Literal["auroc", "auprc", "loss", "balanced_accuracy"] = "auroc"
+    monitor: Literal[MONITORS] = "auroc"
     class_weights: Literal["none", "balanced"] = "none"
     stages: list[StageConfig] = Field(default_factory=_default_stages, min_length=1)
     log_every: int = Field(10, ge=1)

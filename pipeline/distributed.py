@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -32,20 +34,34 @@ class Dist:
 SINGLE = Dist()
 
 
-def init(device_name: str) -> tuple[Dist, torch.device | None]:
-    """Starts the process group when launched by torchrun; returns (Dist, device or None to pick normally)."""
+def select_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The one device policy: `auto` is CUDA when available, else CPU; under torchrun each process takes the
+    GPU of its local rank."""
+    cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: '{name}' requested but no CUDA device is available (use auto or cpu)")
+    if not cuda:
+        if name not in ("auto", "cpu"):
+            try:
+                return torch.device(name)
+            except RuntimeError:
+                raise ConfigError(f"train.device: '{name}' is not a device (auto, cpu, cuda, cuda:N)") from None
+        return torch.device("cpu")
+    if local_rank is not None:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(name if name != "auto" else "cuda")
+
+
+def init(device_name: str) -> tuple[Dist, torch.device]:
+    """Starts the process group when launched by torchrun; returns (Dist, this process's device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist(), None
+        return Dist(), select_device(device_name)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
-    if use_cuda:
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
+    device = select_device(device_name, local)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Dist(rank, world, local), device
 
 

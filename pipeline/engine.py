@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import freeze_bn_stats
+from .outputs import probabilities
 
 
 def make_loss(task_type: str, pos_weight: torch.Tensor | None = None, class_weight: torch.Tensor | None = None):
@@ -29,15 +30,6 @@ def make_loss(task_type: str, pos_weight: torch.Tensor | None = None, class_weig
         return (per * known).sum() / known.sum().clamp(min=1)
 
     return loss_fn
-
-
-def probabilities(task_type: str, logits: torch.Tensor) -> torch.Tensor:
-    logits = logits.float()
-    if task_type == "binary":
-        return torch.sigmoid(logits.squeeze(1))
-    if task_type == "multiclass":
-        return torch.softmax(logits, 1)
-    return torch.sigmoid(logits)
 
 
 def autocast(device: torch.device, precision: str):
@@ -69,7 +61,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, *, scheduler=None
             logits = model(x)
         loss = loss_fn(logits, y)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
+            raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

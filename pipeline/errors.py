@@ -24,3 +24,7 @@ class ImageReadError(DataError):
         self.path = str(path)
         self.reason = " ".join(str(reason).split())  # keep it on one line
         super().__init__(f"{self.path}: {self.reason}")
+
+
+class TrainingError(PipelineError):
+    """Training cannot go on (a non-finite loss); the message names fold, stage, epoch and step."""

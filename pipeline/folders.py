@@ -15,9 +15,7 @@ import fnmatch
 from pathlib import Path
 
 from .errors import DataError
-
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".nii", ".gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ""}
-TEXT_SUFFIXES = {".csv", ".txt", ".json", ".md", ".yaml", ".yml", ".xml", ".html", ".py", ".zip", ".xlsx"}
+from .vocab import IMAGE_SUFFIXES, TEXT_SUFFIXES
 
 
 def _wanted(rel: Path, exclude: list[str]) -> bool:

@@ -1,9 +1,9 @@
-"""Manifest CSV -> sample rows.
+"""Manifest CSV (or a folder of class folders) -> immutable samples.
 
-A row is a plain dict: image (absolute path), image_text (as written in the CSV), target (class index, or a 0/1/NaN vector for multi-label),
-label (as written), patient_id, split ('train' | 'test'), frame (int or None) and `row` (the CSV line number,
-for error messages). Frame policies 'all' / 'nonzero' expand one file into one row per frame or slice; every
-such row keeps the patient id, so all frames of a patient land in the same fold.
+A `Sample` is one (file, frame) with its target, label, patient and the manifest's split request. Frame policies
+'all' / 'nonzero' expand one file into one sample per frame or slice; every such sample keeps the patient id, so
+all frames of a patient land in the same fold. The manifest never changes after loading: decoding returns the
+samples it kept, and fold / test membership belongs to the splits (pipeline.cv).
 """
 
 from __future__ import annotations
@@ -12,22 +12,50 @@ import csv
 import fnmatch
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import CONFIG_DIR, Config
 from .errors import DataError, ImageReadError
 from .folders import folder_records
 from .io import ReaderOptions, count_frames, nonzero_slices
+from .vocab import DICOM_SUFFIXES
 
 PROJECT_ROOT = CONFIG_DIR.parent
-DICOM_SUFFIXES = {".dcm", ".dicom", ""}
 
 
-@dataclass
+@dataclass(frozen=True)
+class Sample:
+    image: str  # absolute path
+    image_text: str  # as written in the manifest (what outputs show)
+    target: int | tuple[float, ...]  # class index (binary: 1 = positive class), or a 0/1/NaN vector
+    label: str  # as written (multi-label: the positive classes joined by ';')
+    patient_id: str  # the grouping key of the folds; the image itself when no id is known
+    patient_known: bool  # False: no id anywhere, the image counts as its own patient
+    split: str | None  # 'train' | 'test' as the manifest asks, None when it has no split column
+    frame: int | None  # None: the reader's frame policy picks
+    row: int  # manifest line, for messages
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        """What identifies a decoded image: the file and the frame."""
+        return self.image, self.frame
+
+
+@dataclass(frozen=True)
+class Skipped:
+    image: str
+    row: int | None
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"image": self.image, "row": self.row, "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class Manifest:
-    rows: list[dict]
-    skipped: list[dict] = field(default_factory=list)  # {'image', 'row', 'reason'}
+    samples: tuple[Sample, ...]
+    skipped: tuple[Skipped, ...] = ()
     path: Path | None = None
     # column | regex | dicom; 'image' or 'mixed' when some images had no id and count as their own patient
     patient_source: str = "column"
@@ -155,8 +183,10 @@ def load_manifest(cfg: Config) -> Manifest:
 
     opts = reader_options(cfg)
     has_pid = cfg.data.patient_column in columns
-    manifest = Manifest(rows=[], path=path,
-                        patient_source="column" if has_pid else "regex" if regex else "dicom")
+    has_split = "split" in columns
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    unknown_patients = 0
     for line, rec in enumerate(records, start=2):  # line 1 is the header
         where = f"{path.name} row {line}"
         image_text = (rec.get("image") or "").strip()
@@ -168,30 +198,33 @@ def load_manifest(cfg: Config) -> Manifest:
             target, label = _parse_target(rec, cfg, where)
             if not image.exists():
                 raise DataError(f"{where}: image not found: {image}")
-            split = (rec.get("split") or "train").strip().lower()
-            if split not in ("train", "test"):
+            split = (rec.get("split") or "train").strip().lower() if has_split else None
+            if split not in ("train", "test", None):
                 raise DataError(f"{where}: split must be 'train' or 'test', got '{split}'")
             pid = (rec.get(cfg.data.patient_column) or "").strip() if has_pid else ""
             if not pid:
                 pid = _patient_from_path(regex, image_text)
             if not pid and image.suffix.lower() in DICOM_SUFFIXES:
                 pid = _dicom_patient_id(image) or ""
-            if not pid:
-                # cannot be known: each image is its own patient (the audit reports it)
-                pid = f"image:{image.name}"
-                manifest.patient_source = "image" if manifest.patient_source != "column" else "mixed"
             try:
                 frames = _expand_frames(image, (rec.get("frame") or rec.get("slice") or "").strip(), cfg, opts)
             except ImageReadError as exc:
                 raise DataError(f"{where}: {exc.reason} ({image})") from None
         except DataError as exc:
             if cfg.data.on_error == "skip":
-                manifest.skipped.append({"image": str(image), "row": line, "reason": str(exc)})
+                skipped.append(Skipped(str(image), line, str(exc)))
                 continue
             raise
+        unknown_patients += not pid
         for frame in frames:
-            manifest.rows.append({"image": str(image), "image_text": image_text, "target": target, "label": label, "patient_id": pid,
-                                  "split": split, "frame": frame, "row": line})
-    if not manifest.rows:
-        raise DataError(f"{path}: no usable rows ({len(manifest.skipped)} skipped; see skipped.csv)")
-    return manifest
+            # without any id the image is its own patient (the run and the audit warn about it)
+            samples.append(Sample(image=str(image), image_text=image_text,
+                                  target=tuple(target) if isinstance(target, list) else target, label=label,
+                                  patient_id=pid or image_text, patient_known=bool(pid), split=split,
+                                  frame=frame, row=line))
+    if not samples:
+        raise DataError(f"{path}: no usable rows ({len(skipped)} skipped; see skipped.csv)")
+    source = "column" if has_pid else "regex" if regex else "dicom"
+    if unknown_patients:
+        source = "mixed" if source == "column" else "image"
+    return Manifest(samples=tuple(samples), skipped=tuple(skipped), path=path, patient_source=source)

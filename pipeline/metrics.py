@@ -23,7 +23,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-HEADLINE = ("auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "brier", "ece")
+from .vocab import METRICS
 
 
 def _safe(fn, *args, **kw):
@@ -107,7 +107,7 @@ def multilabel_metrics(y, p, classes, threshold: float = 0.5, bins: int = 10) ->
     for i, c in enumerate(classes):
         known = ~np.isnan(y[:, i])  # blank labels are unknown, not negative
         per_class[c] = binary_metrics(y[known, i], p[known, i], threshold, bins) if known.any() else {}
-    out = {k: _macro(per_class, k) for k in HEADLINE}
+    out = {k: _macro(per_class, k) for k in METRICS}
     out["n"] = int(len(y))
     out["per_class"] = per_class
     return out
@@ -138,12 +138,12 @@ def bootstrap_ci(task_type, y, p, classes, patients, threshold=0.5, n: int = 100
     uniq, inverse = np.unique(patients, return_inverse=True)
     members = [np.flatnonzero(inverse == k) for k in range(len(uniq))]
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in HEADLINE}
+    draws: dict[str, list[float]] = {k: [] for k in METRICS}
     for _ in range(n):
         pick = rng.integers(0, len(uniq), len(uniq))
         idx = np.concatenate([members[k] for k in pick])
         m = compute_metrics(task_type, y[idx], p[idx], classes, threshold, bins)
-        for k in HEADLINE:
+        for k in METRICS:
             if m.get(k) is not None:
                 draws[k].append(m[k])
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100

@@ -6,53 +6,45 @@ as timm's record of the source weights.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from timm.models._manipulate import group_with_matcher
 from torch import nn
 
+from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
-from pipeline.stems import STRATEGIES, Normalization, RepeatChannels, convert_stem, stem_conv
+from pipeline.stems import Normalization, RepeatChannels, convert_stem, stem_conv
+from pipeline.vocab import parse_train_spec
 from pipeline.weights import create_backbone
 
-__all__ = ["Normalization", "RepeatChannels", "STRATEGIES", "build_model", "freeze_bn_stats", "set_trainable",
+__all__ = ["BuiltModel", "Normalization", "RepeatChannels", "build_model", "freeze_bn_stats", "set_trainable",
            "stem_conv"]
 
 
-def build_model(cfg, num_classes: int, *, pretrained: str | None = None) -> tuple[nn.Module, Normalization]:
-    """(model, normalisation) from config `model`; `pretrained` overrides cfg.pretrained.
+class BuiltModel(NamedTuple):
+    model: nn.Module
+    norm: Normalization  # what the transforms must feed: (x - mean) / std of [0, 1] pixels
+    stem: str  # the strategy actually used (`auto` resolved), for reports and checkpoints
+
+
+def build_model(cfg: ModelConfig, num_outputs: int, *, pretrained: str | None = None) -> BuiltModel:
+    """The model, its input normalisation and stem from config `model`; `pretrained` overrides cfg.pretrained.
 
     Rebuilding for a checkpoint uses pretrained='none': the architecture and the Normalization do not depend on
     the weight source (stats come from the architecture's pretrained_cfg), so load_state_dict fits.
     """
-    backbone = getattr(cfg, "backbone", "tf_efficientnet_lite0")
-    source = str(pretrained if pretrained is not None else getattr(cfg, "pretrained", "bundled"))
-    stem = getattr(cfg, "stem", "sum")
-    in_chans = int(getattr(cfg, "in_chans", 1))
-    if stem not in STRATEGIES + ("auto",):  # checked before the (slow) weight loading
-        raise ConfigError(f"model.stem: unknown strategy {stem!r}; choose one of {', '.join(STRATEGIES)}")
-    if num_classes < 1:
-        raise ConfigError(f"model: num_classes must be >= 1, got {num_classes}")
-    model, mean, std = create_backbone(backbone, source, num_classes, float(getattr(cfg, "drop_rate", 0.0)))
-    if stem == "auto":
-        stem = resolve_auto_stem(mean, std)
-    norm = convert_stem(model, stem, in_chans, mean, std)
-    model.stem_strategy = stem  # the strategy actually used, for reports and checkpoints
-    return model, norm
+    if num_outputs < 1:
+        raise ConfigError(f"model: num_outputs must be >= 1, got {num_outputs}")
+    source = cfg.pretrained if pretrained is None else pretrained
+    model, mean, std = create_backbone(cfg.backbone, source, num_outputs, cfg.drop_rate)
+    stem = resolve_auto_stem(mean, std) if cfg.stem == "auto" else cfg.stem
+    norm = convert_stem(model, stem, cfg.in_chans, mean, std)
+    return BuiltModel(model, norm, stem)
 
 
 def resolve_auto_stem(mean, std) -> str:
     """`auto`: `sum` where it is exact (one mean/std for all channels), else `fold` (exact off the border)."""
     return "sum" if len(set(mean)) == 1 and len(set(std)) == 1 else "fold"
-
-
-def _parse_train(train: str) -> int | None:
-    """None for 'all', 0 for 'head', N for 'last:N'."""
-    if train == "all":
-        return None
-    if train == "head":
-        return 0
-    if isinstance(train, str) and train.startswith("last:") and train[5:].isdigit() and int(train[5:]) >= 1:
-        return int(train[5:])
-    raise ConfigError(f"train: expected 'head', 'all' or 'last:N' with N >= 1, got {train!r}")
 
 
 def _owning_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -68,7 +60,10 @@ def set_trainable(model: nn.Module, train: str) -> list[nn.Module]:
     last N coarse groups of timm's group_matcher. Layers timm leaves unmatched sit in timm's final group with the
     classifier (ConvNeXt head.norm, DenseNet norm5); 'last:N' trains them with the head and counts N before them.
     """
-    n_last = _parse_train(train)
+    try:
+        n_last = parse_train_spec(train)
+    except ValueError as exc:
+        raise ConfigError(f"train: {exc}") from None
     owners = _owning_modules(model)
     head_ids = {id(m) for m in model.get_classifier().modules()}
     if n_last is None:

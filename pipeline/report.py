@@ -13,21 +13,36 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import HEADLINE, bootstrap_ci, compute_metrics, youden_threshold
+from .metrics import bootstrap_ci, compute_metrics, youden_threshold
+from .outputs import class_matrix, probability_fields
+from .tracking import Tags
+from .vocab import METRICS, TABLE_METRICS
 
 
-def _aggregate(rows, indices, probs, fold_of=None):
+def _aggregate(samples, indices, probs, fold_of=None):
     """Average probabilities over the samples (frames) of one image file."""
     groups: dict[str, list[int]] = {}
     for j, i in enumerate(indices):
-        groups.setdefault(rows[i]["image"], []).append(j)
+        groups.setdefault(samples[i].image, []).append(j)
     out = []
-    for image, js in groups.items():
-        r = rows[indices[js[0]]]
-        out.append({"image": r.get("image_text", image), "patient_id": r["patient_id"], "label": r["label"], "target": r["target"],
+    for js in groups.values():
+        s = samples[indices[js[0]]]
+        out.append({"image": s.image_text, "patient_id": s.patient_id, "label": s.label, "target": s.target,
                     "frames": len(js), "fold": None if fold_of is None else fold_of[js[0]],
                     "prob": np.mean([probs[j] for j in js], axis=0)})
     return out
+
+
+def fold_ensemble(tests: list[dict]) -> tuple[list[int], np.ndarray]:
+    """Mean probability of the fold models per test sample, matched by sample index (not by position)."""
+    by_index: dict[int, list] = {}
+    for t in tests:
+        for i, p in zip(t["indices"], t["probs"], strict=True):
+            by_index.setdefault(i, []).append(p)
+    if any(len(v) != len(tests) for v in by_index.values()):
+        raise ValueError("fold models scored different test samples")
+    idx = sorted(by_index)
+    return idx, np.array([np.mean(by_index[i], axis=0) for i in idx])
 
 
 def _arrays(items, task_type):
@@ -39,22 +54,17 @@ def _arrays(items, task_type):
 
 
 def _write_predictions(path: Path, items, task, with_fold: bool):
-    classes, task_type = task.classes, task.type
-    if task_type == "binary":  # the model scores the positive class; one column per class, in class order
-        probs = [[float(it["prob"]) if c == task.positive else 1 - float(it["prob"]) for c in classes]
-                 for it in items]
-    else:
-        probs = [np.atleast_1d(it["prob"]) for it in items]
+    probs = class_matrix(task, [it["prob"] for it in items])
     fields = ["image", "patient_id"] + (["fold"] if with_fold else []) + ["frames", "label"]
-    if task_type == "multilabel":
-        fields += [f"label_{c}" for c in classes]
-    fields += [f"prob_{c}" for c in classes]
+    if task.type == "multilabel":
+        fields += [f"label_{c}" for c in task.classes]
+    fields += probability_fields(task)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(fields)
         for it, pr in zip(items, probs, strict=True):
             row = [it["image"], it["patient_id"]] + ([it["fold"]] if with_fold else []) + [it["frames"], it["label"]]
-            if task_type == "multilabel":
+            if task.type == "multilabel":
                 row += ["" if np.isnan(v) else int(v) for v in it["target"]]
             row += [f"{v:.6f}" for v in pr]
             w.writerow(row)
@@ -62,15 +72,15 @@ def _write_predictions(path: Path, items, task, with_fold: bool):
 
 def _mean_std(fold_metrics: list[dict]):
     mean, std = {}, {}
-    for k in HEADLINE:
+    for k in METRICS:
         vals = [m[k] for m in fold_metrics if m.get(k) is not None]
         if vals:
             mean[k], std[k] = float(np.mean(vals)), float(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)
     return mean, std
 
 
-def write_outputs(cfg, run_dir: Path, manifest, splits, results, tracker) -> dict:
-    task, rows = cfg.task, manifest.rows
+def write_outputs(cfg, run_dir: Path, prep, results, tracker) -> dict:
+    task, rows = cfg.task, prep.decoded.samples
     oof_idx, oof_probs, oof_fold = [], [], []
     for res in results:
         oof_idx += res["val"]["indices"]
@@ -98,8 +108,7 @@ def write_outputs(cfg, run_dir: Path, manifest, splits, results, tracker) -> dic
     tests = [r["test"] for r in results if r.get("test")]
     if tests:
         # fold ensemble: mean probability of the fold models on the held-out patients
-        idx = tests[0]["indices"]
-        probs = np.mean([np.asarray(t["probs"]) for t in tests], axis=0)
+        idx, probs = fold_ensemble(tests)
         test = _aggregate(rows, idx, list(probs))
         y_t, p_t = _arrays(test, task.type)
         test_summary = compute_metrics(task.type, y_t, p_t, task.classes, threshold, bins)
@@ -113,18 +122,18 @@ def write_outputs(cfg, run_dir: Path, manifest, splits, results, tracker) -> dic
         "positive_class": task.positive if task.type == "binary" else None,
         "threshold": threshold, "unit": "image (frames averaged)" if len(oof) < len(oof_idx) else "image",
         "folds": folds, "mean": mean, "std": std, "oof": pooled, "test": test_summary,
-        "n_samples": len(rows), "n_patients": len({r["patient_id"] for r in rows}),
-        "n_skipped": len(manifest.skipped), "patient_source": manifest.patient_source,
+        "n_samples": len(rows), "n_patients": len({r.patient_id for r in rows}),
+        "n_skipped": len(prep.skipped), "patient_source": prep.manifest.patient_source,
         "model": {"backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
                   "stem": results[0].get("stem_strategy", cfg.model.stem) if results else cfg.model.stem,
                   "normalization": results[0].get("normalization") if results else None},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     for k, v in mean.items():
-        tracker.scalar(f"summary/cv_mean_{k}", v, 0)
+        tracker.scalar(Tags.cv_mean(k), v, 0)
     if test_summary:
-        for k in HEADLINE:
-            tracker.scalar(f"summary/test_{k}", test_summary.get(k), 0)
+        for k in METRICS:
+            tracker.scalar(Tags.test(k), test_summary.get(k), 0)
     from .report_md import write_report
 
     write_report(run_dir, summary, oof, test if tests else None, cfg)
@@ -132,7 +141,7 @@ def write_outputs(cfg, run_dir: Path, manifest, splits, results, tracker) -> dic
 
 
 def format_table(summary: dict) -> str:
-    keys = ["auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity", "brier"]
+    keys = TABLE_METRICS
     fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
     lines = ["fold  " + "  ".join(f"{k[:9]:>9}" for k in keys)]
     for f in summary["folds"]:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .vocab import METRICS
+
 
 def _plots(run_dir: Path, oof, test, task_type: str, classes, bins: int, positive=None) -> list[str]:
     """ROC and reliability diagram of the binary task, out-of-fold and test curves on the same axes."""
@@ -49,7 +51,7 @@ def _fmt(v):
 
 
 def write_report(run_dir: Path, summary: dict, oof, test, cfg) -> None:
-    keys = ["auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "brier", "ece"]
+    keys = METRICS
     lines = [
         f"# {summary['task']}: {cfg.model.backbone} ({summary['model']['stem']} stem, {cfg.model.pretrained} weights)",
         "",

@@ -1,8 +1,13 @@
-"""One fine-tuning stage: which layers train, optimiser and schedule (timm factories), epochs, early stop,
-and the best checkpoint of the fold by the validation metric."""
+"""One fine-tuning stage: which layers train, optimiser and schedule (timm factories), epochs, validation,
+early stop, and the best state of the fold by the validation metric.
+
+The pieces are separate functions (optimiser construction, one epoch in engine.py, validation, the best-state
+update, the epoch's records); `run_stage` only strings them together.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -10,10 +15,25 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from . import distributed
-from .config import StageConfig
+from .config import Config, StageConfig
 from .engine import predict, train_one_epoch
+from .errors import TrainingError
 from .metrics import compute_metrics
 from .models import set_trainable
+from .tracking import Tags, Tracker, log
+from .vocab import EPOCH_METRICS
+
+
+@dataclass
+class TrainContext:
+    """What a fold's training needs beyond the config."""
+
+    device: torch.device
+    dist: distributed.Dist
+    tracker: Tracker
+    loss_fn: Callable
+    scaler: torch.amp.GradScaler | None = None
+    train_sampler: torch.utils.data.DistributedSampler | None = None
 
 
 @dataclass
@@ -31,22 +51,10 @@ class FoldState:
     history: list = field(default_factory=list)
 
 
-def _score(metrics: dict, monitor: str) -> float | None:
-    if monitor == "loss":
-        return None if metrics.get("loss") is None else -metrics["loss"]
-    return metrics.get(monitor)
-
-
-def run_stage(model, stage: StageConfig, train_loader, val_loader, state: FoldState, ctx) -> None:
-    """ctx: SimpleNamespace with device, precision, channels_last, task, loss_fn, tracker, monitor,
-    threshold, progress (bool), log_every, scaler, dist, train_sampler."""
-    frozen = set_trainable(model, stage.train)
-    if stage.freeze_bn:
-        frozen = list(model.modules())
-    train_model = distributed.wrap(model, ctx.dist, ctx.device)
+def build_optimizer(model, stage: StageConfig, steps_per_epoch: int):
+    """(optimizer, scheduler or None) over the parameters that train in this stage."""
     optimizer = create_optimizer_v2(model, opt=stage.optimizer, lr=stage.lr, weight_decay=stage.weight_decay,
                                     layer_decay=stage.layer_decay)
-    steps_per_epoch = max(1, len(train_loader))
     scheduler = None
     if stage.scheduler == "cosine" or stage.warmup_epochs:
         total = steps_per_epoch * stage.epochs
@@ -54,67 +62,109 @@ def run_stage(model, stage: StageConfig, train_loader, val_loader, state: FoldSt
             optimizer, t_initial=total if stage.scheduler == "cosine" else 10**9,
             lr_min=stage.lr * 0.01, warmup_t=steps_per_epoch * stage.warmup_epochs,
             warmup_lr_init=stage.lr * 0.01, t_in_epochs=False)
-    tag = f"fold_{state.fold}"
-    since_best = 0
+    return optimizer, scheduler
+
+
+def operating_threshold(cfg: Config) -> float:
+    """During training the threshold is the configured number; `youden` is chosen later, on all folds."""
+    return cfg.report.threshold if isinstance(cfg.report.threshold, float) else 0.5
+
+
+def validate(model, val_loader, cfg: Config, ctx: TrainContext) -> dict:
+    out = predict(model, val_loader, cfg.task.type, ctx.device, precision=cfg.train.precision,
+                  channels_last=cfg.train.channels_last, loss_fn=ctx.loss_fn)
+    metrics = compute_metrics(cfg.task.type, out["targets"], out["probs"], cfg.task.classes,
+                              operating_threshold(cfg))
+    metrics["loss"] = out["loss"]
+    return metrics
+
+
+def monitor_score(metrics: dict, monitor: str) -> float | None:
+    """Higher is better. An undefined metric (AUROC with one class) falls back to the loss so a best model is
+    still chosen."""
+    score = metrics.get(monitor) if monitor != "loss" else None
+    if score is None and metrics.get("loss") is not None:
+        score = -metrics["loss"]
+    return score
+
+
+def update_best(state: FoldState, model, score: float | None, metrics: dict, stage: str) -> bool:
+    """Keep a CPU copy of the weights when `score` beats the best so far (or nothing is kept yet); True when
+    kept."""
+    improved = score is not None and (state.best_score is None or score > state.best_score)
+    improved = improved or state.best_state is None
+    if improved:
+        state.best_score, state.best_epoch, state.best_stage = score, state.epoch, stage
+        state.best_metrics = dict(metrics)
+        # a copy: keeping a reference to the live weights would "save" the last epoch, not the best
+        state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return improved
+
+
+def record_epoch(ctx: TrainContext, state: FoldState, stage: str, stats: dict, metrics: dict,
+                 improved: bool) -> None:
+    t, f = ctx.tracker, state.fold
+    for name in ("loss", *EPOCH_METRICS):
+        t.scalar(Tags.val(f, name), metrics.get(name), state.epoch)
+    for name in ("loss", "lr", "images_per_s"):
+        t.scalar(Tags.train(f, name), stats[name], state.epoch)
+    record = {"fold": f, "stage": stage, "epoch": state.epoch, "train_loss": stats["loss"], "lr": stats["lr"],
+              "images_per_s": stats["images_per_s"],
+              **{f"val_{k}": metrics.get(k) for k in ("loss", "auroc", "auprc", "accuracy")}}
+    state.history.append(record)
+    t.log({"event": "epoch", **record})
+    auroc = metrics.get("auroc")
+    log.info(f"  fold {f} {stage:<6} epoch {state.epoch:>2}  train_loss {stats['loss']:.4f}"
+             f"  val_loss {metrics['loss']:.4f}  val_auroc {'n/a' if auroc is None else f'{auroc:.4f}'}"
+             f"  {stats['images_per_s']:.0f} img/s{'  *' if improved else ''}")
+
+
+def run_stage(model, stage: StageConfig, cfg: Config, train_loader, val_loader, state: FoldState,
+              ctx: TrainContext) -> None:
+    frozen = set_trainable(model, stage.train)
+    if stage.freeze_bn:
+        frozen = list(model.modules())
+    train_model = distributed.wrap(model, ctx.dist, ctx.device)
+    optimizer, scheduler = build_optimizer(model, stage, max(1, len(train_loader)))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     ctx.tracker.log({"event": "stage_start", "fold": state.fold, "stage": stage.name, "train": stage.train,
                      "trainable_params": n_trainable})
-    stage_step = 0
+    since_best, stage_step = 0, 0
+    progress = cfg.train.progress and ctx.dist.is_main
     for _ in range(stage.epochs):
         state.epoch += 1
         if ctx.train_sampler is not None:
             ctx.train_sampler.set_epoch(state.epoch)
         bar = None
-        if ctx.progress:
+        if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(train_loader.sampler), unit="img", leave=False, dynamic_ncols=True,
                        desc=f"fold {state.fold} {stage.name} ep {state.epoch}")
 
         def on_step(step, loss, lr, offset=state.step - stage_step):  # step counts from the stage start
-            ctx.tracker.scalar(f"{tag}/{stage.name}/train_loss", loss, offset + step)
-            ctx.tracker.scalar(f"{tag}/{stage.name}/lr", lr, offset + step)
+            ctx.tracker.scalar(Tags.step(state.fold, stage.name, "train_loss"), loss, offset + step)
+            ctx.tracker.scalar(Tags.step(state.fold, stage.name, "lr"), lr, offset + step)
 
-        stats = train_one_epoch(
-            train_model, train_loader, optimizer, ctx.loss_fn, ctx.device, scheduler=scheduler, step0=stage_step,
-            frozen=frozen, precision=ctx.precision, scaler=ctx.scaler, channels_last=ctx.channels_last,
-            progress=bar, on_step=on_step, log_every=ctx.log_every)
-        if bar is not None:
-            bar.close()
+        try:
+            stats = train_one_epoch(
+                train_model, train_loader, optimizer, ctx.loss_fn, ctx.device, scheduler=scheduler,
+                step0=stage_step, frozen=frozen, precision=cfg.train.precision, scaler=ctx.scaler,
+                channels_last=cfg.train.channels_last, progress=bar, on_step=on_step, log_every=cfg.train.log_every)
+        except FloatingPointError as exc:
+            raise TrainingError(
+                f"fold {state.fold}, stage '{stage.name}', epoch {state.epoch}: {exc}; lower "
+                f"train.stages.<{stage.name}>.lr or use train.precision=fp32 (finished folds are kept: "
+                "continue with --resume)") from None
+        finally:
+            if bar is not None:
+                bar.close()
         state.step += stats["steps"] - stage_step
         stage_step = stats["steps"]
-        out = predict(model, val_loader, ctx.task.type, ctx.device, precision=ctx.precision,
-                      channels_last=ctx.channels_last, loss_fn=ctx.loss_fn)
-        metrics = compute_metrics(ctx.task.type, out["targets"], out["probs"], ctx.task.classes, ctx.threshold)
-        metrics["loss"] = out["loss"]
-        for name in ("loss", "auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"):
-            ctx.tracker.scalar(f"{tag}/val/{name}", metrics.get(name), state.epoch)
-        ctx.tracker.scalar(f"{tag}/train/loss", stats["loss"], state.epoch)
-        ctx.tracker.scalar(f"{tag}/train/lr", stats["lr"], state.epoch)
-        ctx.tracker.scalar(f"{tag}/train/images_per_s", stats["images_per_s"], state.epoch)
-        record = {"fold": state.fold, "stage": stage.name, "epoch": state.epoch, "train_loss": stats["loss"],
-                  "lr": stats["lr"], "images_per_s": stats["images_per_s"],
-                  **{f"val_{k}": metrics.get(k) for k in ("loss", "auroc", "auprc", "accuracy")}}
-        state.history.append(record)
-        ctx.tracker.log({"event": "epoch", **record})
-        score = _score(metrics, ctx.monitor)
-        if score is None:  # e.g. AUROC undefined: fall back to the loss so a best model is still chosen
-            score = -metrics["loss"] if metrics.get("loss") is not None else None
-        improved = score is not None and (state.best_score is None or score > state.best_score)
-        if improved or state.best_state is None:
-            state.best_score, state.best_epoch, state.best_stage = score, state.epoch, stage.name
-            state.best_metrics = {k: v for k, v in metrics.items() if k != "per_class"} | (
-                {"per_class": metrics["per_class"]} if "per_class" in metrics else {})
-            # a CPU copy: keeping a reference to the live weights would "save" the last epoch, not the best
-            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            since_best = 0
-        else:
-            since_best += 1
-        if ctx.progress:
-            auroc = metrics.get("auroc")
-            print(f"  fold {state.fold} {stage.name:<6} epoch {state.epoch:>2}  train_loss {stats['loss']:.4f}"
-                  f"  val_loss {metrics['loss']:.4f}  val_auroc {'n/a' if auroc is None else f'{auroc:.4f}'}"
-                  f"  {stats['images_per_s']:.0f} img/s{'  *' if improved else ''}", flush=True)
+        metrics = validate(model, val_loader, cfg, ctx)
+        improved = update_best(state, model, monitor_score(metrics, cfg.train.monitor), metrics, stage.name)
+        since_best = 0 if improved else since_best + 1
+        record_epoch(ctx, state, stage.name, stats, metrics, improved)
         if stage.patience and since_best >= stage.patience:
             ctx.tracker.log({"event": "early_stop", "fold": state.fold, "stage": stage.name, "epoch": state.epoch})
             break

@@ -23,8 +23,9 @@ from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.vocab import STEM_STRATEGIES
 
-STRATEGIES = ("sum", "fold", "repeat", "mean", "random")
+STRATEGIES = STEM_STRATEGIES
 
 
 @dataclass(frozen=True)

@@ -85,10 +85,11 @@ def test_best_checkpoint_rebuilds_the_model(smoke_run):
     from pipeline.models import build_model
 
     ckpt = torch.load(smoke_run / "fold_0" / "best.pt", weights_only=True, map_location="cpu")
-    model, norm = build_model(ModelConfig(**ckpt["model"]), 1, pretrained="none")
-    model.load_state_dict(ckpt["state_dict"])
-    assert list(norm.mean) == ckpt["normalization"]["mean"]
+    built = build_model(ModelConfig(**ckpt["model"]), 1, pretrained="none")
+    built.model.load_state_dict(ckpt["state_dict"])
+    assert list(built.norm.mean) == ckpt["normalization"]["mean"]
     assert ckpt["stage"] in ("head", "full")
+    assert ckpt["model"]["stem"] == "sum" and ckpt["pixels"]["image_size"] == 64
 
 
 def test_resume_keeps_finished_folds(smoke_run, capsys):
@@ -220,8 +221,8 @@ def test_positive_class_decides_the_binary_target(small_chest):
 
     for positive in ("pneumonia", "normal"):
         cfg = load_config("smoke", [f"data.manifest={small_chest}", f"task.positive_class={positive}"])
-        rows = load_manifest(cfg).rows
-        assert rows and all(r["target"] == int(r["label"] == positive) for r in rows)
+        samples = load_manifest(cfg).samples
+        assert samples and all(s.target == int(s.label == positive) for s in samples)
 
 
 def test_exported_torchscript_matches_predict(smoke_run, small_chest, tmp_path):
@@ -299,20 +300,20 @@ def test_unavailable_weights_stop_before_any_work(capsys, tmp_path, small_chest)
 def test_all_frames_of_a_cine_stay_in_one_fold(tmp_path):
     """frames: all expands every cine into one sample per frame; folds are drawn on patients."""
     from pipeline.config import load_config
-    from pipeline.cv import fold_indices, make_splits
+    from pipeline.cv import make_splits
     from pipeline.io import count_frames
     from pipeline.manifest import load_manifest
 
     _load_demo_module().make_demo(tmp_path, which=("ultrasound",), n_scale=0.4)
     labels = tmp_path / "ultrasound" / "labels.csv"
     cfg = load_config("ultrasound", [f"data.manifest={labels}", "cv.folds=3"])
-    rows = load_manifest(cfg).rows
-    files = {r["image"] for r in rows}
+    rows = load_manifest(cfg).samples
+    files = {r.image for r in rows}
     assert len(rows) == sum(count_frames(f) for f in files) > len(files)
-    splits = make_splits(rows, cfg, manifest_has_split=True)
+    splits = make_splits(rows, cfg)
     fold_of = {}
     for k in range(3):
-        _, val = fold_indices(rows, splits, k)
+        _, val = splits.fold_indices(rows, k)
         for i in val:
-            assert fold_of.setdefault(rows[i]["image"], k) == k
-            assert fold_of.setdefault(rows[i]["patient_id"], k) == k
+            assert fold_of.setdefault(rows[i].image, k) == k
+            assert fold_of.setdefault(rows[i].patient_id, k) == k

@@ -5,59 +5,63 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline.config import load_config
-from pipeline.cv import fold_indices, heldout_indices, make_splits
+from pipeline.cv import make_splits
 from pipeline.errors import DataError
+from pipeline.manifest import Sample
 from pipeline.metrics import binary_metrics, bootstrap_ci, compute_metrics, youden_threshold
 
 
-def _rows(n_patients=60, seed=0, test_every=5):
+def _rows(n_patients=60, seed=0, test_every=5, split_column=True):
     rng = np.random.default_rng(seed)
     rows = []
     for p in range(n_patients):
         label = int(p % 3 == 0)
         for k in range(rng.integers(1, 4)):
-            rows.append({"image": f"p{p}_{k}.dcm", "patient_id": f"P{p:03d}", "target": label, "label": str(label),
-                         "split": "test" if p % test_every == 0 else "train", "frame": None})
+            split = ("test" if p % test_every == 0 else "train") if split_column else None
+            rows.append(Sample(image=f"p{p}_{k}.dcm", image_text=f"p{p}_{k}.dcm", target=label, label=str(label),
+                               patient_id=f"P{p:03d}", patient_known=True, split=split, frame=None, row=p + 2))
     return rows
 
 
 def test_folds_are_patient_disjoint_and_cover_every_patient():
     cfg = load_config("chest_xray")
     rows = _rows()
-    splits = make_splits(rows, cfg, manifest_has_split=True)
-    val_sets = [set(f["val_patients"]) for f in splits["folds"]]
-    dev_patients = {r["patient_id"] for r in rows if r["split"] == "train"}
+    splits = make_splits(rows, cfg)
+    val_sets = [set(f.val_patients) for f in splits.folds]
+    dev_patients = {r.patient_id for r in rows if r.split == "train"}
     assert len(val_sets) == 5
     for i in range(5):
         for j in range(i + 1, 5):
             assert not val_sets[i] & val_sets[j]
-        assert not set(splits["folds"][i]["train_patients"]) & val_sets[i]
+        assert not set(splits.folds[i].train_patients) & val_sets[i]
     assert set().union(*val_sets) == dev_patients
-    assert not dev_patients & set(splits["test_patients"])
-    tr, va = fold_indices(rows, splits, 0)
-    assert {rows[i]["patient_id"] for i in tr}.isdisjoint({rows[i]["patient_id"] for i in va})
-    assert all(rows[i]["split"] == "test" for i in heldout_indices(rows))
+    assert not dev_patients & set(splits.test_patients)
+    tr, va = splits.fold_indices(rows, 0)
+    assert {rows[i].patient_id for i in tr}.isdisjoint({rows[i].patient_id for i in va})
+    assert all(rows[i].split == "test" for i in splits.test_indices(rows))
     # stratified: every validation fold holds both classes
     for f in range(5):
-        _, va = fold_indices(rows, splits, f)
-        assert {rows[i]["target"] for i in va} == {0, 1}
+        _, va = splits.fold_indices(rows, f)
+        assert {rows[i].target for i in va} == {0, 1}
 
 
 def test_test_fraction_holds_out_whole_patients():
     cfg = load_config("chest_xray", ["cv.test_fraction=0.2"])
-    rows = _rows(test_every=10**9)
-    splits = make_splits(rows, cfg, manifest_has_split=False)
-    held = set(splits["test_patients"])
+    rows = _rows(split_column=False)
+    splits = make_splits(rows, cfg)
+    held = set(splits.test_patients)
     assert 0.1 < len(held) / 60 < 0.3
-    for r in rows:
-        assert (r["split"] == "test") == (r["patient_id"] in held)
+    test = set(splits.test_indices(rows))
+    for i, r in enumerate(rows):
+        assert (i in test) == (r.patient_id in held)
+        assert i not in set().union(*(set(splits.fold_indices(rows, k)[1]) for k in range(5))) or i not in test
 
 
 def test_too_few_patients_per_class_is_a_data_error():
     cfg = load_config("chest_xray")
     rows = _rows(n_patients=9)
     with pytest.raises(DataError, match="cv.folds"):
-        make_splits(rows, cfg, manifest_has_split=True)
+        make_splits(rows, cfg)
 
 
 def test_binary_metrics_match_sklearn_and_hand_counts():

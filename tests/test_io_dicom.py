@@ -22,7 +22,7 @@ from pipeline.errors import ImageReadError
 from pipeline.io import ReaderOptions, count_frames, nonzero_slices, read_gray
 from pipeline.io.dicom import read_dicom_header
 
-INFO_KEYS = {"format", "photometric", "modality", "patient_id", "frames", "frame", "voi_applied", "inverted",
+INFO_KEYS = {"format", "photometric", "modality", "frames", "frame", "voi_applied", "inverted",
              "bits_stored", "shape", "crop"}  # fmt: skip
 
 
@@ -48,12 +48,12 @@ def rg1():
 def test_cr_monochrome1_shape_rows_first_and_info(rg1):
     image, info = rg1
     assert image.dtype == np.float32 and image.shape == (1955, 1841)  # MONAI would give 1841x1955
-    assert set(info) == INFO_KEYS
-    assert info["format"] == "dicom" and info["photometric"] == "MONOCHROME1" and info["modality"] == "CR"
-    assert info["inverted"] and info["voi_applied"] and info["bits_stored"] == 15
-    assert info["patient_id"] == "9RG1" and info["frames"] == 1 and info["frame"] == 0
-    assert info["shape"] == [1955, 1841] and info["crop"] is None
-    json.dumps(info)
+    assert set(info.as_dict()) == INFO_KEYS
+    assert info.format == "dicom" and info.photometric == "MONOCHROME1" and info.modality == "CR"
+    assert info.inverted and info.voi_applied and info.bits_stored == 15
+    assert info.frames == 1 and info.frame == 0
+    assert info.shape == (1955, 1841) and info.crop is None
+    json.dumps(info.as_dict())
 
 
 def test_cr_bones_bright_lungs_dark(rg1):
@@ -74,7 +74,7 @@ def test_cr_equals_pydicom_reference(rg1):
 def test_cr_voi_none_inverts_data_range():
     image, info = read_gray(data("RG3_UNCR.dcm"), options=ReaderOptions(voi="none"))
     raw = pixel_array(data("RG3_UNCR.dcm")).astype(np.float64)
-    assert not info["voi_applied"] and info["inverted"]
+    assert not info.voi_applied and info.inverted
     np.testing.assert_array_equal(image, (raw.max() + raw.min() - raw).astype(np.float32))
 
 
@@ -87,10 +87,10 @@ def test_cr_lossless_j2k_identical(rg1, lossless, uncompressed):
 def test_us_rgb_luminance_and_lossless_j2k():
     image, info = read_gray(data("US1_UNCR.dcm"))
     rgb = pixel_array(data("US1_UNCR.dcm"))
-    assert image.shape == (480, 640) and info["photometric"] == "RGB" and not info["voi_applied"]
+    assert image.shape == (480, 640) and info.photometric == "RGB" and not info.voi_applied
     np.testing.assert_allclose(image, lum(rgb), atol=1e-4)
     j2k, j2k_info = read_gray(data("US1_J2KR.dcm"))  # stored as YBR_RCT; the codec returns RGB
-    assert j2k_info["photometric"] == "YBR_RCT"
+    assert j2k_info.photometric == "YBR_RCT"
     np.testing.assert_array_equal(j2k, image)
 
 
@@ -98,19 +98,19 @@ def test_palette_us_multiframe_rle_and_region_crop():
     single, info = read_gray(data("OBXXXX1A.dcm"))
     assert count_frames(data("OBXXXX1A.dcm")) == 1 and count_frames(data("OBXXXX1A_2frame.dcm")) == 2
     # The tissue region (RegionDataType 1) is x 120..800, y 60..518; x 800 is one past the edge.
-    assert info["crop"] == [60, 519, 120, 800] and single.shape == (459, 680)
+    assert info.crop == (60, 519, 120, 800) and single.shape == (459, 680)
     ds = pydicom.dcmread(data("OBXXXX1A.dcm"))
     np.testing.assert_allclose(single, lum(apply_color_lut(ds.pixel_array, ds))[60:519, 120:800], atol=1e-2)
     np.testing.assert_array_equal(read_gray(data("OBXXXX1A_rle.dcm"))[0], single)
     middle, minfo = read_gray(data("OBXXXX1A_2frame.dcm"))
-    assert minfo["frame"] == 1 and minfo["frames"] == 2 and middle.shape == (459, 680)
+    assert minfo.frame == 1 and minfo.frames == 2 and middle.shape == (459, 680)
     for k in (0, 1):
         np.testing.assert_array_equal(
             read_gray(data("OBXXXX1A_rle_2frame.dcm"), frame=k)[0],
             read_gray(data("OBXXXX1A_2frame.dcm"), frame=k)[0],
         )
     full, finfo = read_gray(data("OBXXXX1A.dcm"), options=ReaderOptions(crop_us_region=False))
-    assert full.shape == (600, 800) and finfo["crop"] is None
+    assert full.shape == (600, 800) and finfo.crop is None
     assert full[:60].max() > 0  # the burnt-in header text the crop removes
 
 
@@ -127,7 +127,7 @@ def test_palette_face():
     image, info = read_gray(data("OT-PAL-8-face.dcm"))
     ds = pydicom.dcmread(data("OT-PAL-8-face.dcm"), force=True)  # no meta header: implicit VR little endian
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    assert info["photometric"] == "PALETTE COLOR" and image.shape == (480, 640)
+    assert info.photometric == "PALETTE COLOR" and image.shape == (480, 640)
     np.testing.assert_allclose(image, lum(apply_color_lut(ds.pixel_array, ds)), atol=1e-2)
 
 
@@ -145,7 +145,7 @@ def test_palette_face():
 def test_colour_variants_same_luminance(name, atol):
     reference = read_gray(data("SC_rgb.dcm"))[0]
     image, info = read_gray(data(name))
-    assert image.shape == (100, 100) and not info["inverted"]
+    assert image.shape == (100, 100) and not info.inverted
     np.testing.assert_allclose(image, reference, atol=atol, rtol=0)
 
 
@@ -183,16 +183,16 @@ def test_multiframe_mr_frames_and_jpeg_ls():
     frames = pixel_array(path)
     for k in (0, 7):
         np.testing.assert_array_equal(read_gray(path, frame=k)[0], frames[k].astype(np.float32))
-    assert read_gray(path)[1]["frame"] == 5
+    assert read_gray(path)[1].frame == 5
     np.testing.assert_array_equal(read_gray(data("emri_small_jpeg_ls_lossless.dcm"), frame=7)[0], frames[7])
 
 
 def test_cine_one_frame_of_120_ybr_jpeg_with_region():
     path = data("color3d_jpeg_baseline.dcm")
     image, info = read_gray(path, frame=60)
-    r0, r1, c0, c1 = info["crop"]
+    r0, r1, c0, c1 = info.crop
     assert (
-        info["frames"] == 120 and info["photometric"] == "YBR_FULL_422" and image.shape == (r1 - r0, c1 - c0)
+        info.frames == 120 and info.photometric == "YBR_FULL_422" and image.shape == (r1 - r0, c1 - c0)
     )
     np.testing.assert_allclose(image, lum(pixel_array(path, index=60))[r0:r1, c0:c1], atol=1e-3)
 
@@ -249,7 +249,7 @@ def test_signed_16_bit_with_rescale(tmp_path):
     path = write(tmp_path / "a.dcm", stored, RescaleSlope=2, RescaleIntercept=-10)
     image, info = read_gray(path)
     np.testing.assert_array_equal(image, stored.astype(np.float64) * 2 - 10)
-    assert not info["voi_applied"] and not info["inverted"] and info["bits_stored"] == 16
+    assert not info.voi_applied and not info.inverted and info.bits_stored == 16
 
 
 def test_bits_stored_12_of_16_masks_and_sign_extends(tmp_path):
@@ -275,7 +275,7 @@ def test_two_windows_voi_index(two_windows):
         expected = np.clip(((x - c) / w + 0.5) * 4095, 0, 4095)  # LINEAR_EXACT, output 0..2^12-1
         image, info = read_gray(two_windows, options=ReaderOptions(voi_index=index))
         np.testing.assert_allclose(image[0], expected, rtol=1e-6)
-        assert info["voi_applied"]
+        assert info.voi_applied
     assert read_gray(two_windows)[0][0, 1] == 2047.5
     np.testing.assert_array_equal(read_gray(two_windows, options=ReaderOptions(voi="none"))[0][0], x)
     with pytest.raises(ImageReadError, match="voi_index=2"):
@@ -295,7 +295,7 @@ def test_linear_and_sigmoid_window(tmp_path):
 
 def test_voi_window_policy_requires_a_window(tmp_path):
     path = write(tmp_path / "n.dcm", np.zeros((2, 2), np.uint8))
-    assert not read_gray(path)[1]["voi_applied"]
+    assert not read_gray(path)[1].voi_applied
     with pytest.raises(ImageReadError, match="no WindowCenter"):
         read_gray(path, options=ReaderOptions(voi="window"))
 
@@ -306,11 +306,11 @@ def test_voi_lut_sequence_and_monochrome1(tmp_path):
     mono2 = write(tmp_path / "v2.dcm", pixels, VOILUTSequence=seq, WindowCenter=1, WindowWidth=1)
     image, info = read_gray(mono2)  # auto prefers the LUT over the window
     np.testing.assert_array_equal(image[0], [100, 100, 200, 300, 400, 400])
-    assert info["voi_applied"]
+    assert info.voi_applied
     mono1 = write(tmp_path / "v1.dcm", pixels, photometric="MONOCHROME1", VOILUTSequence=seq)
     image, info = read_gray(mono1)
     np.testing.assert_array_equal(image[0], 65535 - np.array([100, 100, 200, 300, 400, 400]))
-    assert info["inverted"]
+    assert info.inverted
     # voi=window ignores the LUT and uses the window instead
     windowed = read_gray(mono2, options=ReaderOptions(voi="window"))[0][0]
     np.testing.assert_array_equal(windowed, [0, 65535, 65535, 65535, 65535, 65535])
@@ -328,7 +328,7 @@ def test_monochrome1_inversion(tmp_path):
     pixels = np.array([[0, 100, 1000]], dtype=np.uint16)
     plain = read_gray(write(tmp_path / "p.dcm", pixels, photometric="MONOCHROME1"))
     np.testing.assert_array_equal(plain[0][0], [1000, 900, 0])  # data range without a window
-    assert plain[1]["inverted"] and not plain[1]["voi_applied"]
+    assert plain[1].inverted and not plain[1].voi_applied
     windowed = write(tmp_path / "w.dcm", pixels, photometric="MONOCHROME1", WindowCenter=500, WindowWidth=1000,
                      VOILUTFunction="LINEAR_EXACT")  # fmt: skip
     # mirrored within the window's output range 0..65535, not the data range
@@ -340,7 +340,7 @@ def test_presentation_lut_shape(tmp_path):
     pixels = np.array([[0, 100, 1000]], dtype=np.uint16)
     inv2 = read_gray(write(tmp_path / "i2.dcm", pixels, PresentationLUTShape="INVERSE"))
     np.testing.assert_array_equal(inv2[0][0], [1000, 900, 0])
-    assert inv2[1]["inverted"]
+    assert inv2[1].inverted
     ident2 = read_gray(write(tmp_path / "d2.dcm", pixels, PresentationLUTShape="IDENTITY"))
     np.testing.assert_array_equal(ident2[0][0], [0, 100, 1000])
     inv1 = read_gray(write(tmp_path / "i1.dcm", pixels, photometric="MONOCHROME1", PresentationLUTShape="INVERSE"))
@@ -351,11 +351,11 @@ def test_multiframe_selection(tmp_path):
     frames = np.stack([np.full((3, 4), k, np.uint16) for k in range(5)])
     path = write(tmp_path / "mf.dcm", frames)
     assert count_frames(path) == 5
-    assert read_gray(path)[0].max() == 2 and read_gray(path)[1]["frame"] == 2
+    assert read_gray(path)[0].max() == 2 and read_gray(path)[1].frame == 2
     assert read_gray(path, options=ReaderOptions(frame="first"))[0].max() == 0
     assert read_gray(path, options=ReaderOptions(frame=3))[0].max() == 3
     image, info = read_gray(path, frame=4)
-    assert image.shape == (3, 4) and (image == 4).all() and info["frame"] == 4 and info["frames"] == 5
+    assert image.shape == (3, 4) and (image == 4).all() and info.frame == 4 and info.frames == 5
     with pytest.raises(ImageReadError, match="frame 5 out of range"):
         read_gray(path, frame=5)
 
@@ -391,7 +391,7 @@ def test_ultrasound_region_crop(tmp_path):
         regions.append(region)
     path = write(tmp_path / "us.dcm", pixels, Modality="US", SequenceOfUltrasoundRegions=Sequence(regions))
     image, info = read_gray(path)  # the tissue region wins over the larger non-tissue one
-    assert info["crop"] == [10, 30, 20, 50] and image.shape == (20, 30) and (image == 100).all()
+    assert info.crop == (10, 30, 20, 50) and image.shape == (20, 30) and (image == 100).all()
     assert read_gray(path, options=ReaderOptions(crop_us_region=False))[0].max() == 255
 
 
@@ -405,7 +405,7 @@ def test_file_without_meta_header(tmp_path):
     assert path.read_bytes()[128:132] != b"DICM"
     image, info = read_gray(path)
     np.testing.assert_array_equal(image, [[0, 1, 2], [3, 4, 5]])
-    assert info["patient_id"] is None and count_frames(path) == 1
+    assert count_frames(path) == 1
 
 
 def test_corrupt_compressed_pixel_data(tmp_path):

@@ -29,9 +29,9 @@ def test_nifti_2d(tmp_path):
     path = save_nifti(tmp_path / "a.nii", data)
     image, info = read_gray(path)
     np.testing.assert_array_equal(image, display(data))
-    assert image.shape == (3, 4) and info["format"] == "nifti" and info["frames"] == 1
+    assert image.shape == (3, 4) and info.format == "nifti" and info.frames == 1
     assert count_frames(path) == 1 and nonzero_slices(path) == [0]
-    json.dumps(info)
+    json.dumps(info.as_dict())
 
 
 def test_nifti_3d_slices_and_nonzero(tmp_path):
@@ -41,7 +41,7 @@ def test_nifti_3d_slices_and_nonzero(tmp_path):
     path = save_nifti(tmp_path / "v.nii.gz", data)
     assert count_frames(path) == 5 and nonzero_slices(path) == [1, 2, 3]
     image, info = read_gray(path)
-    assert info["frame"] == 2 and info["frames"] == 5
+    assert info.frame == 2 and info.frames == 5
     np.testing.assert_array_equal(image, display(data[..., 2]))
     np.testing.assert_array_equal(read_gray(path, slice_index=3)[0], display(data[..., 3]))
     assert not read_gray(path, options=ReaderOptions(frame="first"))[0].any()
@@ -64,7 +64,7 @@ def test_nifti_2d_plus_time(tmp_path, shape):
     assert count_frames(path) == 6
     image, info = read_gray(path, frame=4)
     np.testing.assert_array_equal(image, display(data.reshape(4, 3, 6)[..., 4]))
-    assert info["frame"] == 4 and image.shape == (3, 4)
+    assert info.frame == 4 and image.shape == (3, 4)
 
 
 def test_nifti_orientation_anterior_top(tmp_path):
@@ -117,9 +117,9 @@ def test_png_8_bit_gray(tmp_path):
     Image.fromarray(data).save(tmp_path / "g.png")
     image, info = read_gray(tmp_path / "g.png")
     np.testing.assert_array_equal(image, data)
-    assert image.dtype == np.float32 and info["format"] == "raster" and info["bits_stored"] == 8
+    assert image.dtype == np.float32 and info.format == "raster" and info.bits_stored == 8
     assert count_frames(tmp_path / "g.png") == 1 and nonzero_slices(tmp_path / "g.png") == [0]
-    json.dumps(info)
+    json.dumps(info.as_dict())
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
@@ -128,7 +128,7 @@ def test_16_bit_gray_exact(tmp_path, suffix):
     Image.fromarray(data).save(tmp_path / f"g{suffix}")
     image, info = read_gray(tmp_path / f"g{suffix}")
     np.testing.assert_array_equal(image, data)  # 16-bit precision kept
-    assert info["bits_stored"] == 16
+    assert info.bits_stored == 16
 
 
 def test_rgb_and_rgba_luminance(tmp_path):

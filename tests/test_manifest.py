@@ -35,7 +35,7 @@ def test_folder_manifest_labels_splits_patients_and_exclusions(kermany_like):
     cfg = load_config("chest_xray", [f"data.manifest={kermany_like}", "data.demo=null", "data.exclude=['*_mask*']",
                                      r"data.patient_regex=(?:person(\d+)_|IM-(\d+)-)"])
     m = load_manifest(cfg)
-    got = {r["image_text"]: (r["label"], r["split"], r["target"]) for r in m.rows}
+    got = {r.image_text: (r.label, r.split, r.target) for r in m.samples}
     assert got == {
         "train/NORMAL/IM-0001-0001.png": ("normal", "train", 0),
         "train/PNEUMONIA/person1_bacteria_1.png": ("pneumonia", "train", 1),
@@ -43,7 +43,7 @@ def test_folder_manifest_labels_splits_patients_and_exclusions(kermany_like):
         "val/NORMAL/IM-0002-0001.png": ("normal", "train", 0),  # the folds draw their own validation
         "test/PNEUMONIA/person7_virus_3.png": ("pneumonia", "test", 1),
     }
-    pids = {r["image_text"].split("/")[-1]: r["patient_id"] for r in m.rows}
+    pids = {r.image_text.split("/")[-1]: r.patient_id for r in m.samples}
     assert pids["person1_bacteria_1.png"] == pids["person1_bacteria_2.png"] == "1"
     assert pids["IM-0001-0001.png"] == "0001" and pids["person7_virus_3.png"] == "7"
     assert m.patient_source == "regex" and not m.skipped
@@ -51,10 +51,10 @@ def test_folder_manifest_labels_splits_patients_and_exclusions(kermany_like):
 
 def test_folder_without_regex_makes_each_image_its_own_patient(kermany_like):
     cfg = load_config("chest_xray", [f"data.manifest={kermany_like}", "data.demo=null"])
-    rows = load_manifest(cfg).rows
+    rows = load_manifest(cfg).samples
     assert len(rows) == 6  # the mask is in, nothing excluded
-    assert len({r["patient_id"] for r in rows}) == 6
-    assert all(r["patient_id"].startswith("image:") for r in rows)
+    assert len({r.patient_id for r in rows}) == 6
+    assert not any(r.patient_known for r in rows) and all(r.patient_id == r.image_text for r in rows)
 
 
 def test_file_outside_class_folders_is_an_error_or_skipped(kermany_like):
@@ -64,7 +64,7 @@ def test_file_outside_class_folders_is_an_error_or_skipped(kermany_like):
         load_manifest(cfg)
     cfg = load_config("chest_xray", [f"data.manifest={kermany_like}", "data.demo=null", "data.on_error=skip"])
     m = load_manifest(cfg)
-    assert [s["image"].endswith("misc/x.png") for s in m.skipped] == [True]
+    assert [s.image.endswith("misc/x.png") for s in m.skipped] == [True]
 
 
 def test_csv_patient_column_regex_fallback_and_exclude(tmp_path):
@@ -77,8 +77,8 @@ def test_csv_patient_column_regex_fallback_and_exclude(tmp_path):
                      ["a/p02_1.png", "pneumonia", ""], ["a/p02_1_mask.png", "pneumonia", ""]])
     cfg = load_config("chest_xray", [f"data.manifest={tmp_path / 'labels.csv'}", "data.demo=null",
                                      r"data.patient_regex=p(?P<patient>\d+)_", "data.exclude=['*_mask.png']"])
-    rows = load_manifest(cfg).rows
-    assert [r["patient_id"] for r in rows] == ["X", "01", "02"]  # the column wins where it is filled
+    rows = load_manifest(cfg).samples
+    assert [r.patient_id for r in rows] == ["X", "01", "02"]  # the column wins where it is filled
 
 
 def test_bad_patient_regex_is_a_config_error():
@@ -96,9 +96,9 @@ def test_multilabel_from_name_lists_and_uncertain_values(tmp_path):
     cfg = load_config("chest_xray", [f"data.manifest={tmp_path / 'nih.csv'}", "data.demo=null", "task.type=multilabel",
                                      "task.classes=[Effusion, Nodule]", "task.positive_class=null",
                                      "data.patient_column=Patient ID"])
-    rows = load_manifest(cfg).rows
-    assert [r["target"] for r in rows] == [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
-    assert [r["patient_id"] for r in rows] == ["7", "8", "9"]
+    rows = load_manifest(cfg).samples
+    assert [r.target for r in rows] == [(1.0, 1.0), (0.0, 0.0), (0.0, 0.0)]
+    assert [r.patient_id for r in rows] == ["7", "8", "9"]
 
     with (tmp_path / "chexpert.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -107,6 +107,6 @@ def test_multilabel_from_name_lists_and_uncertain_values(tmp_path):
     cfg = load_config("chest_xray", [f"data.manifest={tmp_path / 'chexpert.csv'}", "data.demo=null",
                                      "task.type=multilabel", "task.classes=[Effusion, Nodule]",
                                      "task.positive_class=null"])
-    rows = load_manifest(cfg).rows
-    assert rows[0]["target"][0] == 1.0 and np.isnan(rows[0]["target"][1])
-    assert np.isnan(rows[1]["target"][0]) and rows[1]["target"][1] == 0.0
+    rows = load_manifest(cfg).samples
+    assert rows[0].target[0] == 1.0 and np.isnan(rows[0].target[1])
+    assert np.isnan(rows[1].target[0]) and rows[1].target[1] == 0.0

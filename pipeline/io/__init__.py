@@ -1,6 +1,6 @@
 """Read one 2-D grayscale image from a DICOM, NIfTI or raster file, as a viewer would display it.
 
-Every reader returns ``(float32 array (rows, cols), info dict)`` where a high value is bright on screen.
+Every reader returns ``(float32 array (rows, cols), ReadInfo)`` where a high value is bright on screen.
 Frame/slice policies are resolved here and handed to the format readers as a ``pick(n) -> index``
 callable, so each reader asks for the index only once it knows ``n`` from a header it already read.
 """
@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ConfigError, ImageReadError
+from pipeline.vocab import NIFTI_SUFFIXES, RASTER_SUFFIXES
 
 from . import dicom, nifti, raster
+from .info import ReadInfo
 
-__all__ = ["ReaderOptions", "count_frames", "detect_format", "nonzero_slices", "read_gray"]
+__all__ = ["ReadInfo", "ReaderOptions", "count_frames", "detect_format", "nonzero_slices", "read_gray"]
 
-RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 _RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
 _NIFTI1_MAGIC = (b"n+1\x00", b"ni1\x00")  # at byte 344 of an uncompressed NIfTI-1 header
 
@@ -61,7 +62,7 @@ def detect_format(path) -> str:
     if head[344:348] in _NIFTI1_MAGIC:
         return "nifti"
     name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
+    if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
     if path.suffix.lower() in RASTER_SUFFIXES:
         return "raster"
@@ -97,9 +98,7 @@ def read_gray(path, *, frame=None, slice_index=None, options: ReaderOptions | No
     pick = _picker(path, requested, options.frame)
     reader = {"dicom": dicom.read, "nifti": nifti.read, "raster": raster.read}[detect_format(path)]
     image, info = reader(path, pick, options)
-    image = np.ascontiguousarray(image, dtype=np.float32)
-    info["shape"] = [int(s) for s in image.shape]
-    return image, info
+    return np.ascontiguousarray(image, dtype=np.float32), info
 
 
 def count_frames(path, options: ReaderOptions | None = None) -> int:

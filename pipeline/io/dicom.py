@@ -15,8 +15,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, a
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pipeline.errors import ImageReadError
+from pipeline.io.info import REC601, ReadInfo
 
-REC601 = np.array([0.299, 0.587, 0.114])
 TISSUE = 1  # RegionDataType of a 2-D tissue image (PS3.3 C.8.5.5.1.2)
 
 
@@ -231,19 +231,9 @@ def read(path, pick, options):
             image = (hi + lo) - image
             inverted = True
 
-    patient_id = str(ds.get("PatientID") or "").strip() or None
     bits = ds.get("BitsStored")
-    info = {
-        "format": "dicom",
-        "photometric": photometric,
-        "modality": str(ds.get("Modality") or "").strip() or None,
-        "patient_id": patient_id,
-        "frames": n,
-        "frame": index,
-        "voi_applied": bool(voi_applied),
-        "inverted": inverted,
-        "bits_stored": int(bits) if bits is not None else None,
-        "shape": [int(s) for s in image.shape],
-        "crop": crop,
-    }
+    info = ReadInfo(format="dicom", frames=n, frame=index, shape=image.shape, photometric=photometric,
+                    modality=str(ds.get("Modality") or "").strip() or None, voi_applied=bool(voi_applied),
+                    inverted=inverted, bits_stored=int(bits) if bits is not None else None,
+                    crop=None if crop is None else tuple(crop))
     return image.astype(np.float32), info

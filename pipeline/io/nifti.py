@@ -17,8 +17,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
 from pipeline.errors import ImageReadError
-
-REC601 = np.array([0.299, 0.587, 0.114])
+from pipeline.io.info import REC601, ReadInfo
 
 
 def _load(path):
@@ -86,21 +85,8 @@ def read(path, pick, options):
         raise ImageReadError(path, f"cannot read NIfTI data ({type(e).__name__}: {e})") from e
     block = block.reshape(block.shape + (1,) * (len(shape) - block.ndim))
     plane = _to_canonical(block, ornt).squeeze()
-    info = {
-        "format": "nifti",
-        "photometric": None,
-        "modality": None,
-        "patient_id": None,
-        "frames": n,
-        "frame": index,
-        "voi_applied": False,
-        "inverted": False,
-        "bits_stored": None,
-        "shape": None,
-        "crop": None,
-    }
     image = _display(plane).astype(np.float32)
-    info["shape"] = [int(s) for s in image.shape]
+    info = ReadInfo(format="nifti", frames=n, frame=index, shape=image.shape)
     return image, info
 
 

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import ImageReadError
+from pipeline.io.info import REC601, ReadInfo
 
-REC601 = np.array([0.299, 0.587, 0.114])
 _BITS = {"1": 1, "L": 8, "LA": 8, "P": 8, "PA": 8, "RGB": 8, "RGBA": 8}  # 'I' / 'F' give no bit depth
 
 
@@ -56,17 +56,6 @@ def read(path, pick, options):
             raise ImageReadError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
     if image.ndim != 2:
         raise ImageReadError(path, f"unexpected image shape {image.shape} (mode {fmt_mode})")
-    info = {
-        "format": "raster",
-        "photometric": fmt_mode,
-        "modality": None,
-        "patient_id": None,
-        "frames": n,
-        "frame": index,
-        "voi_applied": False,
-        "inverted": False,
-        "bits_stored": 16 if fmt_mode.startswith("I;16") else _BITS.get(fmt_mode),
-        "shape": [int(s) for s in image.shape],
-        "crop": None,
-    }
+    info = ReadInfo(format="raster", frames=n, frame=index, shape=image.shape, photometric=fmt_mode,
+                    bits_stored=16 if fmt_mode.startswith("I;16") else _BITS.get(fmt_mode))
     return image.astype(np.float32), info

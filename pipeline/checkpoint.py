@@ -1,0 +1,127 @@
+"""The run folder's model files, written and read in one place (as MAE's misc.save_model / load_model).
+
+`fold_K/best.pt` holds the fold's best weights and everything that rebuilds and feeds the model: model config,
+resolved stem, input normalisation, task, the data settings that shape the pixels, and the epoch and stage it
+came from. Files are written atomically (temporary file + os.replace), so a kill never leaves half a checkpoint,
+and read with `weights_only=True`, which refuses pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Config, ModelConfig, TaskConfig, load_config
+from .errors import ConfigError
+from .stems import Normalization
+
+BEST = "best.pt"
+
+
+@dataclass(frozen=True)
+class FoldCheckpoint:
+    fold: int
+    state_dict: dict = field(repr=False)
+    model: ModelConfig  # with `stem` resolved (never `auto`)
+    task: TaskConfig
+    normalization: Normalization
+    pixels: dict  # DataConfig.pixel_settings() of the run: how files must be read for this model
+    best_epoch: int | None = None
+    stage: str | None = None
+
+    @property
+    def image_size(self) -> int:
+        return int(self.pixels["image_size"])
+
+    def build(self) -> nn.Module:
+        """The fold model in eval mode, rebuilt without loading any pretrained weights."""
+        from .models import build_model
+
+        built = build_model(self.model, self.task.num_outputs, pretrained="none")
+        built.model.load_state_dict(self.state_dict)
+        return built.model.eval()
+
+    def to_dict(self) -> dict:
+        return {"fold": self.fold, "state_dict": self.state_dict, "model": self.model.model_dump(mode="json"),
+                "task": self.task.model_dump(mode="json"), "normalization": self.normalization.to_dict(),
+                "pixels": self.pixels, "best_epoch": self.best_epoch, "stage": self.stage}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FoldCheckpoint:
+        norm = d["normalization"]
+        return cls(fold=d["fold"], state_dict=d["state_dict"], model=ModelConfig(**d["model"]),
+                   task=TaskConfig(**d["task"]), normalization=Normalization(tuple(norm["mean"]), tuple(norm["std"])),
+                   pixels=d["pixels"], best_epoch=d.get("best_epoch"), stage=d.get("stage"))
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(ckpt: FoldCheckpoint, path: Path) -> None:
+    atomic_save(ckpt.to_dict(), path)
+
+
+def load_checkpoint(path: Path) -> FoldCheckpoint:
+    try:
+        return FoldCheckpoint.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a checkpoint of this pipeline (missing {exc})") from None
+
+
+def fold_checkpoint_path(run_dir: Path, fold: int) -> Path:
+    return Path(run_dir) / f"fold_{fold}" / BEST
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What a finished run folder offers to inference: its config, fold checkpoints and operating point."""
+
+    run_dir: Path
+    cfg: Config
+    checkpoints: tuple[FoldCheckpoint, ...]
+    threshold: float  # the run's operating point (summary.json), 0.5 before the run chose one
+
+    @property
+    def task(self) -> TaskConfig:
+        return self.checkpoints[0].task
+
+    @property
+    def normalization(self) -> Normalization:
+        return self.checkpoints[0].normalization
+
+    def models(self) -> list[nn.Module]:
+        return [c.build() for c in self.checkpoints]
+
+
+def load_run(run_dir: Path, folds: list[int] | None = None) -> FinishedRun:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir}: no config.yaml there (not a run folder)")
+    paths = sorted(run_dir.glob(f"fold_*/{BEST}"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not paths:
+        raise ConfigError(f"{run_dir}: no fold_K/{BEST} checkpoints (not a finished run folder)")
+    ckpts = [load_checkpoint(p) for p in paths]
+    if folds is not None:
+        missing = sorted(set(folds) - {c.fold for c in ckpts})
+        if missing:
+            raise ConfigError(f"--fold {missing[0]}: no fold_{missing[0]}/{BEST} in {run_dir}")
+        ckpts = [c for c in ckpts if c.fold in folds]
+    summary = run_dir / "summary.json"
+    threshold = json.loads(summary.read_text()).get("threshold", 0.5) if summary.is_file() else 0.5
+    return FinishedRun(run_dir, load_config(str(run_dir / "config.yaml")), tuple(ckpts), float(threshold))
