@@ -122,6 +122,22 @@ def test_list_items_of_a_default_list_can_be_set(tmp_path):
     assert cfg.train.stages[1].lr == pytest.approx(1e-5) and cfg.train.stages[0].name == "head"
 
 
+def test_unknown_backbone_suggests_timm_names():
+    from pipeline.weights import create_backbone
+
+    with pytest.raises(ConfigError) as info:
+        create_backbone("resnet81", "none", 2)
+    message = str(info.value)
+    assert message.startswith("model.backbone: unknown timm model 'resnet81' (did you mean resnet18, ")
+    assert message.endswith("?)") and "resnet152" in message
+    with pytest.raises(ConfigError, match=r"^model\.backbone: unknown timm model 'convnext-tiny' \(did you mean "
+                                          r"convnext_tiny, "):
+        create_backbone("convnext-tiny", "none", 2)
+    with pytest.raises(ConfigError, match=r"^model\.backbone: timm's tf_efficientnet_lite0 has no weights tagged "
+                                          r"'x' \(known: tf_efficientnet_lite0\.in1k\)"):
+        create_backbone("tf_efficientnet_lite0.x", "none", 2)
+
+
 def test_cli_prints_one_line_and_exits_2(capsys):
     from pipeline.cli import main
 
