@@ -138,6 +138,19 @@ def test_unknown_backbone_suggests_timm_names():
         create_backbone("tf_efficientnet_lite0.x", "none", 2)
 
 
+def test_stage_that_trains_nothing_is_refused():
+    import timm
+
+    from pipeline.models import set_trainable
+
+    model = timm.create_model("test_efficientnet", num_classes=0)  # no classifier parameters
+    with pytest.raises(ConfigError, match=r"^train\.stages: a stage with train: head leaves no parameter of this "
+                                          r"EfficientNet trainable \(its classifier has none\); use train: all or "
+                                          r"last:N$"):
+        set_trainable(model, "head")
+    assert set_trainable(model, "last:1") and any(p.requires_grad for p in model.parameters())
+
+
 def test_cli_prints_one_line_and_exits_2(capsys):
     from pipeline.cli import main
 
