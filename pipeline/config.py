@@ -6,9 +6,10 @@ silently ignored and leave a default in force).
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -225,38 +226,201 @@ def _parse_scalar(text: str):
         return text
 
 
-def apply_override(raw: dict, assignment: str) -> None:
+MAX_ERRORS = 10  # errors listed in one message; the rest are counted
+
+
+def _models_in(ann) -> list[type[BaseModel]]:
+    """The pydantic models an annotation allows (X, X | None, X | Y)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    return [m for a in get_args(ann) if get_origin(ann) is not list for m in _models_in(a)]
+
+
+def _lists_in(ann) -> list:
+    """The item annotations of the lists an annotation allows (list[X], list[X] | None)."""
+    if get_origin(ann) is list:
+        return [get_args(ann)[0] if get_args(ann) else object]
+    return [item for a in get_args(ann) for item in _lists_in(a)]
+
+
+def _field(ann, key: str):
+    """The pydantic FieldInfo of `key` in the model(s) that `ann` allows, or None."""
+    return next((m.model_fields[key] for m in _models_in(ann) if key in m.model_fields), None)
+
+
+def _step(ann, part):
+    """The annotation one key (str) or list index (int) below `ann`; None where the schema has no such place."""
+    if isinstance(part, int) or (isinstance(part, str) and part.isdigit()):
+        items = _lists_in(ann)
+        return items[0] if items else None
+    field = _field(ann, part)
+    return field.annotation if field is not None else None
+
+
+def _schema_at(parts) -> object | None:
+    ann = Config
+    for part in parts:
+        ann = _step(ann, part)
+        if ann is None:
+            return None
+    return ann
+
+
+def _did_you_mean(loc: tuple) -> str:
+    """' (did you mean a.b?)' for an unknown key at `loc`, else the section's valid keys."""
+    *parent, key = loc
+    fields = sorted({f for m in _models_in(_schema_at(parent)) for f in m.model_fields} - {"source"})
+    if not fields:
+        return ""
+    close = difflib.get_close_matches(str(key), fields, n=3, cutoff=0.6)
+    prefix = "".join(f"{p}." for p in parent)
+    if close:
+        return f" (did you mean {' or '.join(prefix + c for c in close)}?)"
+    return f" (valid keys{' in ' + '.'.join(map(str, parent)) if parent else ''}: {', '.join(fields)})"
+
+
+def _split_loc(loc: tuple) -> tuple[tuple, tuple]:
+    """(key path, union tags): pydantic appends the member type it tried (`int`, `literal[...]`) to the loc of a
+    value that fits no member of a union; those are not keys."""
+    ann = Config
+    for i, part in enumerate(loc):
+        ann = _step(ann, part)
+        if ann is None:
+            return tuple(loc[:i]), tuple(loc[i:])
+    return tuple(loc), ()
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Problem:
+    """One error: its config location (key parts as strings) and message, before attribution to file/override."""
+
+    def __init__(self, loc: tuple, msg: str, unknown: bool = False):
+        self.loc = tuple(str(p) for p in loc)
+        self.msg = msg
+        self.unknown = unknown  # an unknown key
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.loc)
+
+
+def _problems(err: ValidationError) -> list[_Problem]:
+    out: list[_Problem] = []
+    unions: dict[tuple, tuple[_Problem, list[str], str]] = {}  # path -> (problem, alternatives, got)
+    for e in err.errors():
+        msg = " ".join(e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ").split())
+        if e["type"] == "extra_forbidden":
+            out.append(_Problem(e["loc"], f"unknown key{_did_you_mean(e['loc'])}", unknown=True))
+            continue
+        if e["type"] == "missing":
+            out.append(_Problem(e["loc"], "required key is missing"))
+            continue
+        got = ""
+        if e["type"] not in ("value_error", "assertion_error") and isinstance(e.get("input"), (str, int, float)):
+            got = f" (got {_short(e['input'])})"
+        path, tags = _split_loc(e["loc"])
+        if not tags:
+            out.append(_Problem(path, msg + got))
+            continue
+        # a value that fits no member of a union: pydantic reports each member; list them as one error
+        if path not in unions:
+            unions[path] = (_Problem(path, ""), [], got)
+            out.append(unions[path][0])
+        unions[path][1].append(msg)
+    for problem, alternatives, got in unions.values():
+        problem.msg = " / ".join(dict.fromkeys(alternatives)) + got
+    return out
+
+
+def _format_error(err: ValidationError) -> str:
+    """All errors of a validation, '; '-separated on one line (kept for callers that format a ValidationError)."""
+    return _join([f"{p.key}: {p.msg}" if p.key else p.msg for p in _problems(err)])
+
+
+def _join(parts: list[str]) -> str:
+    more = f" (and {len(parts) - MAX_ERRORS} more)" if len(parts) > MAX_ERRORS else ""
+    return "; ".join(parts[:MAX_ERRORS]) + more
+
+
+def _default_value(parts: list[str]):
+    """The schema default at a dotted location, as plain data (None where there is none)."""
+    *parent, key = parts
+    field = _field(_schema_at(parent), key)
+    if field is None or field.is_required():
+        return None
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, list):
+        return [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def _index(node: list, part: str, where: str) -> int:
+    if not part.isdigit():
+        raise ConfigError(f"'{part}' is not a list index ({where} is a list of {len(node)} items; "
+                          f"use {where}.0{f' .. {where}.{len(node) - 1}' if len(node) > 1 else ''})")
+    if int(part) >= len(node):
+        raise ConfigError(f"index {part} is out of range ({where} has {len(node)} item{'s' * (len(node) != 1)})")
+    return int(part)
+
+
+def apply_override(raw: dict, assignment: str) -> list[str]:
+    """Set one `KEY=VALUE` in the raw YAML data; return the key's parts. List items are addressed by index
+    (train.stages.0.lr); a list the YAML leaves at its default is filled in from the schema first."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. train.batch_size=16")
     key, value = assignment.split("=", 1)
     parts = key.strip().split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: '{'.'.join(parts[:i])}' is not a section")
-        node = node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        node[int(last)] = _parse_scalar(value)
-    elif isinstance(node, dict):
-        node[last] = _parse_scalar(value)
-    else:
-        raise ConfigError(f"--set {key}: cannot set a value here")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment}: '{key.strip()}' is not a dotted key such as train.batch_size")
+    try:
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            where = ".".join(parts[:i + 1])
+            if isinstance(node, list):
+                node = node[_index(node, part, ".".join(parts[:i]))]
+            elif isinstance(node, dict):
+                if node.get(part) is None:
+                    default = _default_value(parts[:i + 1])
+                    node[part] = default if isinstance(default, (list, dict)) else {}
+                node = node[part]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"{where} is a value ({_short(node)}), not a section or list; "
+                                  f"set it with --set {where}=VALUE")
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_index(node, last, ".".join(parts[:-1]))] = _parse_scalar(value)
+        else:
+            node[last] = _parse_scalar(value)
+    except ConfigError as exc:
+        raise ConfigError(f"--set {assignment}: {exc}") from None
+    return parts
 
 
-def _format_error(err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "extra_forbidden":
-        msg = "unknown key"
-    if e["type"] == "missing":
-        msg = "required key is missing"
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+def _attribute(problem: _Problem, overrides: list[tuple[tuple, str, int]]) -> tuple[int, str] | None:
+    """(override's position, the error as caused by that override), or None. An override causes an error at or below its key (the most
+    specific override wins, the last on ties), and one above it that is an unknown section it created or a
+    section validator's message naming the key."""
+    best = None
+    for override in overrides:
+        key = override[0]
+        if problem.loc[:len(key)] == key and (best is None or len(key) >= len(best[0])):
+            best = override
+    if best is not None:
+        key, assignment, pos = best
+        where = f"{problem.key}: " if problem.loc != key else ""
+        return pos, f"--set {assignment}: {where}{problem.msg}"
+    for key, assignment, pos in reversed(overrides):
+        if key[:len(problem.loc)] == problem.loc and len(key) > len(problem.loc):
+            named = ".".join(key[len(problem.loc):]) + ": "
+            if problem.msg.startswith(named):
+                return pos, f"--set {assignment}: {problem.msg.removeprefix(named)}"
+            if problem.unknown:
+                return pos, f"--set {assignment}: {problem.key}: {problem.msg}"
+    return None
 
 
 def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -269,13 +433,31 @@ def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         raise ConfigError(f"{path}{where}: not valid YAML") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    for assignment in overrides:
-        apply_override(raw, assignment)
+    set_keys: list[tuple[tuple, str, int]] = []  # (key parts, assignment, position on the command line)
+    override_errors: list[tuple[int, str]] = []
+    for pos, assignment in enumerate(overrides):
+        try:
+            set_keys.append((tuple(apply_override(raw, assignment)), assignment.strip(), pos))
+        except ConfigError as exc:
+            override_errors.append((pos, str(exc)))
     raw.setdefault("source", str(path.resolve()))
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{path}: {_format_error(err)}") from None
+        from_file, from_overrides = [], []
+        for problem in _problems(err):
+            line = _attribute(problem, set_keys)
+            if line is not None:
+                from_overrides.append(line)
+            else:
+                from_file.append(f"{problem.key}: {problem.msg}" if problem.key else problem.msg)
+        file_part = [f"{path}: {from_file[0]}", *from_file[1:]] if from_file else []
+        # errors of overrides in command-line order (stable: one override's errors keep the schema's order)
+        by_override = [line for _, line in sorted(override_errors + from_overrides, key=lambda t: t[0])]
+        raise ConfigError(_join(by_override + file_part)) from None
+    if override_errors:
+        raise ConfigError(_join([line for _, line in override_errors]))
+    return cfg
 
 
 def save_config(cfg: Config, path: Path) -> None:

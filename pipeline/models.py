@@ -85,6 +85,9 @@ def set_trainable(model: nn.Module, train: str) -> list[nn.Module]:
             p.requires_grad_(name in trainable)
         if name not in trainable:
             frozen.append(module)
+    if not any(p.requires_grad for p in model.parameters()):  # an optimizer over nothing would fail obscurely
+        raise ConfigError(f"train.stages: a stage with train: {train} leaves no parameter of this "
+                          f"{type(model).__name__} trainable (its classifier has none); use train: all or last:N")
     return frozen
 
 

@@ -6,6 +6,7 @@ The stem stays 3-channel here; pipeline.stems converts it. Returns the weights' 
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import pickle
@@ -35,8 +36,13 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 
 def create_backbone(backbone: str, source: str, num_classes: int, drop_rate: float = 0.0):
     """(model, mean, std): a 3-channel timm model with `num_classes` outputs and weights from `source`."""
-    if not timm.is_model(backbone):
-        raise ConfigError(f"model.backbone: {backbone!r} is not a timm model name (see timm.list_models())")
+    if not timm.is_model(backbone):  # before anything is created or loaded
+        raise ConfigError(f"model.backbone: unknown timm model {backbone!r}{_close_models(backbone)}")
+    if "." in backbone and backbone not in timm.list_pretrained(backbone):  # arch.tag: the tag must exist too
+        arch = backbone.split(".", 1)[0]
+        tags = ", ".join(timm.list_pretrained(f"{arch}.*")) or "none"
+        raise ConfigError(f"model.backbone: timm's {arch} has no weights tagged {backbone.split('.', 1)[1]!r} "
+                          f"(known: {tags})")
     kwargs = dict(drop_rate=drop_rate)
     if source == "none":
         model = timm.create_model(backbone, pretrained=False, num_classes=num_classes, **kwargs)
@@ -57,6 +63,12 @@ def create_backbone(backbone: str, source: str, num_classes: int, drop_rate: flo
     if source == "bundled":
         return model, *BUNDLED_STATS
     return model, tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"])
+
+
+def _close_models(name: str) -> str:
+    """' (did you mean a, b, ...?)': timm architecture names close to `name` (a local list, nothing downloaded)."""
+    close = difflib.get_close_matches(str(name).lower(), timm.list_models(), n=5, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else " (see timm.list_models())"
 
 
 def _create_bundled(backbone: str, **kwargs):
