@@ -40,7 +40,7 @@ def build_model(cfg, num_classes: int, *, pretrained: str | None = None) -> tupl
 
 
 def resolve_auto_stem(mean, std) -> str:
-    """`auto`: `sum` where it is exact (one mean/std for all channels), else `fold` (exact off the border)."""
+    """`auto`: `sum` where it is exact (one mean/std for all channels), else `fold` (exact for any stats)."""
     return "sum" if len(set(mean)) == 1 and len(set(std)) == 1 else "fold"
 
 
