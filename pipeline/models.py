@@ -43,7 +43,7 @@ def build_model(cfg: ModelConfig, num_outputs: int, *, pretrained: str | None = 
 
 
 def resolve_auto_stem(mean, std) -> str:
-    """`auto`: `sum` where it is exact (one mean/std for all channels), else `fold` (exact off the border)."""
+    """`auto`: `sum` where it is exact (one mean/std for all channels), else `fold` (exact for any stats)."""
     return "sum" if len(set(mean)) == 1 and len(set(std)) == 1 else "fold"
 
 

@@ -6,12 +6,18 @@ reproduces the 3-channel model fed the replicated image (see each strategy for w
 - sum     kernels summed over RGB (timm's adapt_input_conv). Scalar normalisation = mean of the channel stats.
           Exact when the weights' channel stats are equal (EfficientNet-Lite: 0.5/0.5); with per-channel ImageNet
           stats it approximates the reference -- use `fold` for those weights.
-- fold    the per-channel normalisation folded into kernel and offset: exact for any stats, except at the
-          zero-padded border (the reference pads each channel with pixel m_c, the folded model with pixel m-bar).
+- fold    the per-channel normalisation folded into the kernel, plus a fixed correction map (FoldedStem): exact
+          for any stats everywhere, the zero-padded border included (see FoldedStem).
 - repeat  no conversion: the stem replicates the grey image and normalises per channel inside the model, so the
           transforms normalise with mean 0, std 1 ([0,1] pixels in). Exact for any weights; 3x stem compute.
 - mean    kernels averaged (sum / 3) and the input std divided by 3 to compensate: same outputs as `sum`.
 - random  a freshly initialised stem, the "throw the pretrained stem away" baseline.
+
+Why `fold` returns the scalar normalisation (m-bar, s-bar: the means of the channel stats) and not mean 0 / std 1:
+both are exact (only the correction kernel differs), but with m-bar/s-bar the trainable 1-channel kernel sees the
+same centred, unit-scale input as under `sum`/`auto` (same lr / weight-decay behaviour, switching strategies does not
+change the data pipeline), and the correction stays small: in the interior it is the constant
+sum_c w_c (m-bar - m_c)/s_c, not the whole mean term sum_c w_c m_c/s_c.
 """
 from __future__ import annotations
 
@@ -26,6 +32,17 @@ from pipeline.errors import ConfigError
 from pipeline.vocab import STEM_STRATEGIES
 
 STRATEGIES = STEM_STRATEGIES
+
+
+def _tracing() -> bool:
+    """True under torch.jit.trace, torch.compile / torch.export (strict or not, dynamo ONNX export), fx tracing."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return True
+    if getattr(torch.compiler, "is_exporting", lambda: False)() or torch.onnx.is_in_onnx_export():
+        return True
+    from torch.fx import _symbolic_trace as fx
+
+    return getattr(fx, "is_fx_symbolic_tracing", fx.is_fx_tracing)()
 
 
 @dataclass(frozen=True)
@@ -58,13 +75,69 @@ class RepeatChannels(nn.Module):
         return self.conv((x - self.mean) / self.std)
 
 
+class FoldedStem(nn.Module):
+    """The exact `fold` stem: forward(x) = conv(x) + correction(H, W), equal to the 3-channel model everywhere.
+
+    The reference zero-pads AFTER per-channel normalisation. With x~ = (x - m-bar)/s-bar the normalised channel c is
+    (s-bar/s_c) x~ + (m-bar - m_c)/s_c, and pad0 of it is (s-bar/s_c) pad0(x~) + ((m-bar - m_c)/s_c) pad0(1), so
+
+        conv(W, pad0([(x - m_c)/s_c]_c)) + b = conv(sum_c w_c s-bar/s_c, pad0(x~)) + b
+                                               + conv(sum_c w_c (m-bar - m_c)/s_c, pad0(1)).
+
+    `conv` is the trainable 1-channel conv (first term + b), a child whose parameters keep the stem prefix
+    (conv1.conv.weight), so timm's group_matcher regexes, layer decay and freezing work unchanged. `correction` is a
+    deep copy of that conv (same padding logic: Conv2dSame / dynamic 'same' padding of tf_ models included) whose
+    weight is the fixed correction kernel, a buffer (saved in the state dict: it depends on the source weights), and
+    no bias. Applied to a (1, 1, H, W) ones image it gives the last term: a per-input-size map, constant in the
+    interior, broadcast over the batch. Eager mode caches it per (H, W, device, dtype); under tracing / compile /
+    export it is computed in the graph (a ones tensor and one small conv), so torch.export, dynamo ONNX export and
+    torch.jit.trace see no Python-side cache and the batch axis stays dynamic.
+    """
+
+    def __init__(self, conv: nn.Module, correction_weight: torch.Tensor):
+        super().__init__()
+        correction = copy.deepcopy(conv)
+        del correction.weight
+        correction.register_buffer("weight", correction_weight.detach().clone())
+        correction.bias = None
+        correction.in_channels = correction_weight.shape[1]
+        self.conv = conv
+        self.correction = correction
+        self._cache: dict = {}
+        self._cache_src = None
+
+    def correction_map(self, height: int, width: int, device=None, dtype=None) -> torch.Tensor:
+        """(1, C_out, H', W') map added to conv(x) for (H, W) inputs, computed now (no cache)."""
+        k = self.correction.weight
+        ones = torch.ones(1, k.shape[1], height, width, device=device or k.device, dtype=k.dtype)
+        return self.correction(ones).to(dtype or k.dtype)
+
+    def _cached(self, height: int, width: int, device, dtype) -> torch.Tensor:
+        w = self.correction.weight
+        if self._cache_src is None or self._cache_src[0] is not w or self._cache_src[1] != w._version:
+            self._cache, self._cache_src = {}, (w, w._version)  # new or modified kernel (load_state_dict, .to())
+        key = (height, width, device, dtype)
+        if key not in self._cache:
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                self._cache[key] = self.correction_map(height, width, device, dtype)
+        return self._cache[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        h, w = x.shape[-2], x.shape[-1]
+        if _tracing() or type(x) is not torch.Tensor:  # FakeTensor, proxies: keep the map in the graph
+            k = self.correction.weight
+            return y + self.correction(x.new_ones((1, k.shape[1], h, w), dtype=k.dtype)).to(y.dtype)
+        return y + self._cached(int(h), int(w), y.device, y.dtype)
+
+
 def stem_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The first conv, located by timm's pretrained_cfg['first_conv'] (looks through a RepeatChannels)."""
+    """The first conv, located by timm's pretrained_cfg['first_conv'] (looks through RepeatChannels, FoldedStem)."""
     name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
     if isinstance(name, (tuple, list)):
         name = name[0]
     module = model.get_submodule(name) if name else None
-    if isinstance(module, RepeatChannels):
+    if isinstance(module, (RepeatChannels, FoldedStem)):
         name, module = f"{name}.conv", module.conv
     if not isinstance(module, nn.Conv2d):
         arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
@@ -81,63 +154,17 @@ def _init_random(weight: torch.Tensor) -> torch.Tensor:
 
 
 def fold_weights(weight: torch.Tensor, mean, std) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """(W', b', m-bar, s-bar): conv(W', (x - m-bar)/s-bar) + b' == conv(W, [(x - m_c)/s_c]_c) away from padding."""
+    """(W', K, m-bar, s-bar): conv(W', pad0((x - m-bar)/s-bar)) + conv(K, pad0(1)) == conv(W, pad0([(x - m_c)/s_c]_c)).
+
+    W' = sum_c w_c s-bar/s_c and K = sum_c w_c (m-bar - m_c)/s_c, both (C_out, 1, kh, kw).
+    """
     m = torch.tensor(mean, dtype=torch.float64)
     s = torch.tensor(std, dtype=torch.float64)
     m_bar, s_bar = float(m.mean()), float(s.mean())
     w = weight.detach().double()
     w1 = (w * (s_bar / s).view(1, -1, 1, 1)).sum(1, keepdim=True)
-    offset = (w.sum((2, 3)) * ((m_bar - m) / s).view(1, -1)).sum(1)
-    return w1.to(weight.dtype), offset.to(weight.dtype), m_bar, s_bar
-
-
-def offset_site(model: nn.Module, conv: nn.Conv2d) -> nn.Module | None:
-    """The BatchNorm that directly consumes the stem conv's output, found by tracing one forward pass.
-
-    Tracing (a tensor-identity check in hooks) instead of guessing names (bn1, norm0, stem.bn, ...) makes it
-    work for any timm CNN; the pass stops at that BatchNorm, so it costs only the stem.
-    """
-    found: dict = {}
-
-    class _Stop(Exception):
-        pass
-
-    def after_conv(_m, _inp, out):
-        found["out"] = out
-
-    def before_norm(mod, inp):
-        if "out" in found and inp[0] is found["out"]:
-            found["norm"] = mod
-            raise _Stop
-
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             and m.track_running_stats and m.num_features == conv.out_channels]
-    handles = [conv.register_forward_hook(after_conv)] + [m.register_forward_pre_hook(before_norm) for m in norms]
-    was_training = model.training
-    model.eval()  # never let the probe update running statistics
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, conv.in_channels, 64, 64))
-    except _Stop:
-        pass
-    except Exception:  # a model that rejects the probe input: fall back to a conv bias, still exact
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return found.get("norm")
-
-
-def _apply_offset(model: nn.Module, conv: nn.Conv2d, offset: torch.Tensor, site: nn.Module | None) -> None:
-    """Add the constant fold offset to the conv bias, else fold it into the following BN, else add a bias."""
-    with torch.no_grad():
-        if conv.bias is not None:  # ConvNeXt: conv with bias, then LayerNorm
-            conv.bias += offset
-        elif site is not None:  # BN(y + b) in eval == BN with running_mean - b; in train mode it cancels
-            site.running_mean -= offset.to(site.running_mean.dtype)
-        else:
-            conv.bias = nn.Parameter(offset.clone())
+    k = (w * ((m_bar - m) / s).view(1, -1, 1, 1)).sum(1, keepdim=True)
+    return w1.to(weight.dtype), k.to(weight.dtype), m_bar, s_bar
 
 
 def convert_stem(model: nn.Module, strategy: str, in_chans: int, mean, std) -> Normalization:
@@ -167,10 +194,10 @@ def convert_stem(model: nn.Module, strategy: str, in_chans: int, mean, std) -> N
     weight = conv.weight.detach()
     scale = 1.0
     if strategy == "fold":
-        w1, offset, m_bar, s_bar = fold_weights(weight, mean, std)
+        w1, k, m_bar, s_bar = fold_weights(weight, mean, std)
         # Several identical channels (e.g. two copies of one window) share the folded kernel equally.
         new = w1.repeat(1, in_chans, 1, 1) / in_chans
-        _apply_offset(model, conv, offset, None if conv.bias is not None else offset_site(model, conv))
+        folded = FoldedStem(conv, k.to(conv.weight.device))  # the correction is fed one ones-channel
     elif strategy == "random":
         new = _init_random(torch.empty(conv.out_channels, in_chans, *conv.kernel_size, dtype=weight.dtype))
         if conv.bias is not None:
@@ -181,6 +208,8 @@ def convert_stem(model: nn.Module, strategy: str, in_chans: int, mean, std) -> N
             new, scale = new / base, 1.0 / base  # x3 larger normalised input compensates the /3 kernel
     conv.weight = nn.Parameter(new.contiguous().to(conv.weight.device))
     conv.in_channels = in_chans
+    if strategy == "fold":
+        model.set_submodule(name, folded)
     return Normalization((m_bar,) * in_chans, (s_bar * scale,) * in_chans)
 
 

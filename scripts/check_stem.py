@@ -5,8 +5,8 @@
 Prints one JSON object. The reference is the 3-channel model fed the grey image replicated to RGB and normalised
 per channel (fold, repeat: the exact target) or with the scalar stats (sum, mean, random: what they are exact for);
 `max_abs_diff_vs_per_channel` always compares with the per-channel reference, showing what `sum` loses with
-ImageNet stats. The stem output is taken where the conversion lands (the BatchNorm after a bias-free conv, else the
-conv) and split into interior and border (receptive field touching the padding).
+ImageNet stats. The stem output (the converted stem module: the conv, or the FoldedStem / RepeatChannels wrapping
+it) is split into interior and border (receptive field touching the padding).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pipeline.stems import border_mask, convert_stem, offset_site, output_at, stem_conv  # noqa: E402
+from pipeline.stems import border_mask, convert_stem, output_at, stem_conv  # noqa: E402
 from pipeline.weights import create_backbone  # noqa: E402
 
 
@@ -54,20 +54,16 @@ def check_stem(backbone: str = "tf_efficientnet_lite0", stem: str = "fold", pret
     ref.eval()
     model = copy.deepcopy(ref)
     ref_conv_name, ref_conv = stem_conv(ref)
-    site = None if ref_conv.bias is not None else offset_site(ref, ref_conv)  # where `fold` puts its offset
     norm = convert_stem(model, stem, 1, mean, std)
     _, conv = stem_conv(model)
-    site_ref, site_1ch = (site, site) if site is not None else (ref_conv, conv)
-    if site is not None:  # the same BatchNorm, by name, in the converted copy
-        name = next(n for n, m in ref.named_modules() if m is site)
-        site_1ch = model.get_submodule(name)
+    site_ref, site_1ch = ref_conv, model.get_submodule(ref_conv_name)  # the whole stem module (FoldedStem, ...)
 
     per_channel = stem in ("fold", "repeat")
     m_bar, s_bar = (sum(mean) / len(mean),) * len(mean), (sum(std) / len(std),) * len(std)
     result = dict(backbone=backbone, strategy=stem, pretrained=pretrained, size=size,
                   normalization=norm.to_dict(), weights_mean=list(mean), weights_std=list(std),
                   reference="per-channel normalised" if per_channel else "scalar-normalised (mean of channel stats)",
-                  stem_site=name if site is not None else ref_conv_name)
+                  stem_site=ref_conv_name)
     diffs, rels, vs_pc, interior, border, scale = [], [], [], [], [], []
     mask = None
     for img in images:

@@ -77,7 +77,7 @@ def test_check_stem_script_reports(bundled):
     assert out["max_abs_diff"] < 1e-4 and out["stem_params_1ch"] * 3 == out["stem_params_3ch"] == 864
     assert out["top5_chelsea"][0]["name"] == "Egyptian cat" and out["top5_coffee"][0]["index"] == 967
     out = mod.check_stem("resnet18", "fold", "none", size=64)
-    assert out["stem_interior_max_abs_diff"] < 1e-4 and out["border_only"] > 1e-3
+    assert out["stem_interior_max_abs_diff"] < 1e-4 and out["border_only"] < 1e-4 and out["max_abs_diff"] < 1e-4
     assert out["stem_macs_ratio"] == pytest.approx(1 / 3)
 
 
@@ -96,6 +96,22 @@ def test_set_trainable_head_and_last_group(backbone):
     assert set_trainable(model, "all") == [] and all(p.requires_grad for p in model.parameters())
     with pytest.raises(ConfigError, match="last:N"):
         set_trainable(model, "last:0")
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "densenet121"])
+def test_set_trainable_with_the_fold_stem(backbone):
+    """The FoldedStem's conv stays in timm's stem group; its correction kernel is a buffer, never trained."""
+    model, _ = build_model(cfg(backbone=backbone, stem="fold"), 2)
+    name, conv = stem_conv(model)
+    set_trainable(model, "head")
+    assert not conv.weight.requires_grad
+    set_trainable(model, "last:1")
+    for n, p in model.named_parameters():
+        assert p.requires_grad == n.startswith(LAST1[backbone]), n
+    n_groups = len(model.group_matcher(coarse=True))  # enough groups to reach the stem
+    set_trainable(model, f"last:{n_groups + 10}")
+    assert conv.weight.requires_grad and all(p.requires_grad for p in model.parameters())
+    assert f"{name.rsplit('.', 1)[0]}.correction.weight" in dict(model.named_buffers())
 
 
 def test_frozen_bn_stats_stay_and_optimiser_skips_frozen():

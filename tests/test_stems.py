@@ -9,7 +9,7 @@ from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.stems import Normalization, border_mask, convert_stem, offset_site, output_at, stem_conv
+from pipeline.stems import FoldedStem, Normalization, border_mask, convert_stem, output_at, stem_conv
 from pipeline.weights import create_backbone
 
 BACKBONES = ["resnet18", "densenet121", "tf_efficientnet_lite0", "convnext_nano"]
@@ -76,50 +76,71 @@ def test_random_stem_differs(backbone):
     assert diff > 1e-2
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_fold_exact_in_interior_and_border_deviation_measured(backbone):
+@pytest.mark.parametrize("size", [64, 96])
+@pytest.mark.parametrize("backbone", ["resnet18", "densenet121", "tf_efficientnet_b0", "convnext_nano"])
+def test_fold_is_the_per_channel_reference_everywhere(backbone, size):
+    """Stem output (border included) and logits equal the 3-channel per-channel-normalised model.
+
+    tf_efficientnet_b0: TF 'same' padding (Conv2dSame, asymmetric and size-dependent) with ImageNet per-channel stats.
+    """
     ref = reference(backbone)
     name, ref_conv = stem_conv(ref)
-    site = ref_conv if ref_conv.bias is not None else offset_site(ref, ref_conv)  # where the offset lands
-    site_name = next(n for n, m in ref.named_modules() if m is site)
     model, norm = converted(backbone, "fold")
     assert norm == Normalization((pytest.approx(M_BAR),), (pytest.approx(S_BAR),))
-    x = grey_photo()
-    ref_logits, ref_y = output_at(ref, site, normalise(x.expand(-1, 3, -1, -1), *IMAGENET))
-    logits, y = output_at(model, model.get_submodule(site_name), normalise(x, norm.mean, norm.std))
-    dev = (y - ref_y).abs()[0].amax(0)
-    mask = border_mask(stem_conv(model)[1], 64, 64)
-    assert dev[~mask].max() < 1e-4
-    logit_dev = (logits - ref_logits).abs().max().item()
-    if backbone == "convnext_nano":  # 4x4/4 patchify stem: no padding, so fold is exact everywhere
-        assert not mask.any() and logit_dev < 1e-4
-    else:  # the border pads with pixel m-bar instead of m_c: a real but bounded deviation
-        border = dev[mask].max().item()
-        assert 1e-3 < border < 0.25 * ref_y.abs().max().item()
-        assert 1e-6 < logit_dev < 0.1 * ref_logits.abs().max().item()
+    stem = model.get_submodule(name)
+    assert isinstance(stem, FoldedStem) and stem_conv(model) == (f"{name}.conv", stem.conv)
+    x = torch.cat([grey_photo(size), torch.rand(1, 1, size, size)])
+    ref_logits, ref_y = output_at(ref, ref_conv, normalise(x.expand(-1, 3, -1, -1), *IMAGENET))
+    logits, y = output_at(model, stem, normalise(x, norm.mean, norm.std))
+    mask = border_mask(stem.conv, size, size)
+    assert mask.any() == (backbone != "convnext_nano")  # ConvNeXt's 4x4/4 patchify stem has no padding
+    assert (y - ref_y).abs().max() < 1e-4  # interior and border
+    assert (logits - ref_logits).abs().max() < 1e-4
 
 
-def test_fold_offset_sites():
-    expected = {"resnet18": "bn1", "densenet121": "features.norm0", "tf_efficientnet_lite0": "bn1"}
-    for backbone, name in expected.items():
-        ref = reference(backbone)
-        site = offset_site(ref, stem_conv(ref)[1])
-        assert next(n for n, m in ref.named_modules() if m is site) == name
-    assert stem_conv(reference("convnext_nano"))[1].bias is not None  # ConvNeXt: offset goes to the conv bias
-
-
-def test_fold_adds_a_bias_when_no_norm_follows():
-    ref = copy.deepcopy(reference("resnet18"))
-    ref.bn1 = nn.Identity()  # conv1 without bias feeding no BatchNorm
-    model = copy.deepcopy(ref)
-    norm = convert_stem(model, "fold", 1, *IMAGENET)
-    assert model.conv1.bias is not None
-    x = grey_photo()
+def test_fold_correction_cache_is_keyed_by_size():
+    model, norm = converted("resnet18", "fold")
+    stem = model.conv1
     with torch.no_grad():
-        y_ref = ref.conv1(normalise(x.expand(-1, 3, -1, -1), *IMAGENET))
-        y = model.conv1(normalise(x, norm.mean, norm.std))
-    mask = border_mask(model.conv1, 64, 64)
-    assert (y - y_ref).abs()[0].amax(0)[~mask].max() < 1e-4
+        for size in (64, 96, 64):
+            model(torch.rand(2, 1, size, size))
+    cpu = torch.device("cpu")
+    assert list(stem._cache) == [(64, 64, cpu, torch.float32), (96, 96, cpu, torch.float32)]
+    c64, c96 = stem._cache[(64, 64, cpu, torch.float32)], stem._cache[(96, 96, cpu, torch.float32)]
+    assert c64.shape == (1, 64, 32, 32) and c96.shape == (1, 64, 48, 48)
+    assert torch.allclose(c64[..., 2:-2, 2:-2], c96[..., 2:30, 2:30])  # same interior constant...
+    assert not torch.allclose(c64[..., :, 0], c64[..., :, 16])  # ...but not at the border
+    # a changed kernel (load_state_dict copies in place) drops the stale maps
+    sd = {k: (v * 2 if k == "conv1.correction.weight" else v) for k, v in model.state_dict().items()}
+    model.load_state_dict(sd)
+    with torch.no_grad():
+        y = stem(torch.rand(1, 1, 64, 64))
+    assert list(stem._cache) == [(64, 64, cpu, torch.float32)]
+    assert torch.allclose(stem._cache[(64, 64, cpu, torch.float32)], 2 * c64, atol=1e-6)
+    assert y.shape == (1, 64, 32, 32)
+
+
+def test_fold_stem_exports_with_dynamic_batch():
+    model, norm = converted("resnet18", "fold")
+    batch = torch.export.Dim("batch", min=1, max=64)
+    ep = torch.export.export(model, (torch.rand(2, 1, 64, 64),), dynamic_shapes=({0: batch},))
+    assert model.conv1._cache == {}  # traced in the graph, not read from (or written to) the eager cache
+    for b in (1, 3):
+        x = torch.rand(b, 1, 64, 64)
+        with torch.no_grad():
+            assert (ep.module()(x) - model(x)).abs().max() < 1e-5
+
+
+def test_fold_keeps_timm_interfaces():
+    model, _ = converted("densenet121", "fold")
+    assert stem_conv(model)[0] == "features.conv0.conv"
+    sd = model.state_dict()
+    assert "features.conv0.conv.weight" in sd and "features.conv0.correction.weight" in sd
+    assert "features.conv0.correction.weight" not in dict(model.named_parameters())  # a fixed buffer
+    from timm.models import group_parameters
+
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    assert "features.conv0.conv.weight" in groups[0]  # still in timm's stem group
 
 
 def test_in_chans_two_channels():
@@ -127,16 +148,14 @@ def test_in_chans_two_channels():
     assert norm == Normalization((M_BAR,) * 2, (S_BAR,) * 2)
     w3 = reference("resnet18").conv1.weight
     assert torch.equal(model.conv1.weight, adapt_input_conv(2, w3))  # timm: repeated, scaled by 3/2
-    # fold with two identical windows equals the per-channel reference away from the border
+    # fold with two identical windows equals the per-channel reference, border included
     model, norm = converted("resnet18", "fold", in_chans=2)
     x = grey_photo()
     with torch.no_grad():
         y = model.conv1(normalise(x.expand(-1, 2, -1, -1), norm.mean, norm.std))
         y_ref = reference("resnet18").conv1(normalise(x.expand(-1, 3, -1, -1), *IMAGENET))
-    b = model.bn1  # the offset lives in running_mean: compare after the BatchNorm
-    mask = border_mask(model.conv1, 64, 64)
-    dev = (b(y) - reference("resnet18").bn1(y_ref)).abs()[0].amax(0)
-    assert dev[~mask].max() < 1e-4
+    assert norm == Normalization((pytest.approx(M_BAR),) * 2, (pytest.approx(S_BAR),) * 2)
+    assert (y - y_ref).abs().max() < 1e-4
     with pytest.raises(ConfigError, match="model.stem=repeat"):
         converted("resnet18", "repeat", in_chans=2)
 
