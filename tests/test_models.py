@@ -101,7 +101,7 @@ def test_set_trainable_head_and_last_group(backbone):
 @pytest.mark.parametrize("backbone", ["resnet18", "densenet121"])
 def test_set_trainable_with_the_fold_stem(backbone):
     """The FoldedStem's conv stays in timm's stem group; its correction kernel is a buffer, never trained."""
-    model, _ = build_model(cfg(backbone=backbone, stem="fold"), 2)
+    model = build_model(cfg(backbone=backbone, stem="fold"), 2).model
     name, conv = stem_conv(model)
     set_trainable(model, "head")
     assert not conv.weight.requires_grad
