@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Index a folder tree of DICOM files into a manifest CSV, reading headers only.
 
-    python scripts/index_dicom.py ROOT --out manifest.csv [--labels labels.csv --key COLUMN [--label-column label]]
+    graystem index ROOT --out manifest.csv [--labels labels.csv --key COLUMN [--label-column label]]
                                   [--pseudonymize --salt S] [--on-error skip|raise]
 
 Every file is looked at, whatever its extension (DICOM files often have none). Raster and NIfTI files and
@@ -22,15 +21,12 @@ import csv
 import hashlib
 import hmac
 import os
-import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from pipeline.errors import DataError, ImageReadError, PipelineError  # noqa: E402
-from pipeline.io import detect_format  # noqa: E402
-from pipeline.io.dicom import read_dicom_header  # noqa: E402
+from ..errors import DataError, ImageReadError, exits_on_error
+from ..io import detect_format
+from ..io.dicom import read_dicom_header
 
 COLUMNS = ["image", "patient_id", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
            "PhotometricInterpretation", "Rows", "Columns", "NumberOfFrames", "BitsStored"]
@@ -154,7 +150,7 @@ def _relative_image(path: Path, out_dir: Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="index_dicom.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", help="folder to walk (all files, any extension)")
     p.add_argument("--out", required=True, help="manifest CSV to write; image paths are relative to its folder")
     p.add_argument("--labels", help="CSV with labels to join")
@@ -259,15 +255,12 @@ def print_summary(res: dict, show: int = 20) -> None:
         print(f"    ... and {more} more")
 
 
+@exits_on_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        print_summary(index(args))
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    print_summary(index(args))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Show what the network sees for one file: the training load transforms and the eval-mode sample transforms.
 
-    python scripts/preview.py PATH [--config chest_xray] [--set k=v ...] [--frame K] [--png OUT] [--json]
+    graystem preview PATH [--config chest_xray] [--set k=v ...] [--frame K] [--png OUT] [--json]
 
 Prints the tensor's shape and statistics, what the reader did (photometric, VOI, MONOCHROME1 inversion, frame,
 ultrasound crop) and the model's input normalisation. `--png OUT` writes the tensor as an 8-bit PNG with the
@@ -12,19 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from pipeline.cli import add_config_arguments  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.errors import DataError, PipelineError  # noqa: E402
-from pipeline.manifest import reader_options  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
-from pipeline.transforms import load_transforms, sample_transforms  # noqa: E402
+from ..cliargs import add_config_arguments
+from ..config import load_config
+from ..errors import DataError, exits_on_error
+from ..manifest import reader_options
+from ..models import build_model
+from ..transforms import load_transforms, sample_transforms
 
 INFO_KEYS = ("format", "photometric", "modality", "voi_applied", "inverted", "frames", "frame", "crop", "shape")
 
@@ -64,7 +60,7 @@ def write_png(display: np.ndarray, out: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="preview.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("path", help="DICOM, NIfTI or raster file")
     add_config_arguments(p)
     p.add_argument("--frame", type=int, help="frame / slice index (default: the config's data.frames policy)")
@@ -73,17 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@exits_on_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        summary, display = preview(args.path, cfg, args.frame)
-        if args.png:
-            write_png(display, Path(args.png))
-            summary["png"] = str(args.png)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    summary, display = preview(args.path, cfg, args.frame)
+    if args.png:
+        write_png(display, Path(args.png))
+        summary["png"] = str(args.png)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -93,4 +86,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Throughput of decoding and of the model, printed as ONE JSON object.
 
-    python scripts/benchmark.py [--what decode,train,infer] [--size 128] [--batch 32] [--seconds 10] [--device auto]
+    graystem benchmark [--what decode,train,infer] [--size 128] [--batch 32] [--seconds 10] [--device auto]
 
 decode: images/s of read_gray on the same radiograph stored uncompressed (RG1_UNCR), RLE (written here from
         RG1_UNCR) and JPEG 2000 (RG1_J2KR), plus a small MR pair (MR_small uncompressed / RLE); pydicom-data files.
@@ -26,9 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from pipeline.errors import ConfigError, PipelineError  # noqa: E402
+from ..errors import ConfigError, exits_on_error
 
 WHAT = ("decode", "train", "infer")
 DECODE_FILES = (  # (name, pydicom-data file, re-encode as RLE here)
@@ -67,7 +64,7 @@ def bench_decode(seconds: float) -> dict:
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from pipeline.io import read_gray
+    from ..io import read_gray
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,8 +106,8 @@ def bench_model(what: list[str], size: int, batch: int, seconds: float, device_n
     import torch
     from torch import nn
 
-    from pipeline.config import load_config
-    from pipeline.models import build_model, freeze_bn_stats, set_trainable
+    from ..config import load_config
+    from ..models import build_model, freeze_bn_stats, set_trainable
 
     cfg = load_config("chest_xray")
     try:
@@ -176,7 +173,7 @@ def bench_model(what: list[str], size: int, batch: int, seconds: float, device_n
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--what", default=",".join(WHAT), help="comma-separated: decode, train, infer (default all)")
     p.add_argument("--size", type=int, default=128, help="model input size (default 128)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
@@ -188,39 +185,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@exits_on_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        what = [w.strip() for w in args.what.split(",") if w.strip()]
-        bad = [w for w in what if w not in WHAT]
-        if bad or not what:
-            raise ConfigError(f"--what: unknown {bad or 'nothing'}; choose from {', '.join(WHAT)}")
-        if args.size < 16 or args.batch < 1 or args.seconds < 0:
-            raise ConfigError("--size must be >= 16, --batch >= 1 and --seconds >= 0")
-        if args.threads is not None and args.threads < 1:
-            raise ConfigError("--threads must be >= 1")
-        import torch
+    what = [w.strip() for w in args.what.split(",") if w.strip()]
+    bad = [w for w in what if w not in WHAT]
+    if bad or not what:
+        raise ConfigError(f"--what: unknown {bad or 'nothing'}; choose from {', '.join(WHAT)}")
+    if args.size < 16 or args.batch < 1 or args.seconds < 0:
+        raise ConfigError("--size must be >= 16, --batch >= 1 and --seconds >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be >= 1")
+    import torch
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-        out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-               "load_average_at_start": load, "python": platform.python_version(),
-               "size": args.size, "batch": args.batch, "seconds": args.seconds}
-        if "decode" in what:
-            out["decode"] = bench_decode(args.seconds)
-        if "train" in what or "infer" in what:
-            model = bench_model(what, args.size, args.batch, args.seconds, args.device)
-            out["device"] = model.pop("device")
-            out.update(model)
-        else:
-            out["device"] = "cpu"
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "load_average_at_start": load, "python": platform.python_version(),
+           "size": args.size, "batch": args.batch, "seconds": args.seconds}
+    if "decode" in what:
+        out["decode"] = bench_decode(args.seconds)
+    if "train" in what or "infer" in what:
+        model = bench_model(what, args.size, args.batch, args.seconds, args.device)
+        out["device"] = model.pop("device")
+        out.update(model)
+    else:
+        out["device"] = "cpu"
     print(json.dumps(out))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

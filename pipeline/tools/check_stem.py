@@ -1,6 +1,6 @@
 """Check a grey-stem conversion against the 3-channel model it came from, on real photographs made grey.
 
-    python scripts/check_stem.py --backbone resnet18 --stem fold [--pretrained none|bundled|timm|PATH] [--size 224]
+    graystem check-stem --backbone resnet18 --stem fold [--pretrained none|bundled|timm|PATH] [--size 224]
 
 Prints one JSON object. The reference is the 3-channel model fed the grey image replicated to RGB and normalised
 per channel (fold, repeat: the exact target) or with the scalar stats (sum, mean, random: what they are exact for);
@@ -13,16 +13,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from pipeline.stems import border_mask, convert_stem, offset_site, output_at, stem_conv  # noqa: E402
-from pipeline.weights import create_backbone  # noqa: E402
+from ..errors import exits_on_error
+from ..stems import border_mask, convert_stem, offset_site, output_at, stem_conv
+from ..weights import create_backbone
 
 
 def grey_photo(name: str, size: int) -> torch.Tensor:
@@ -101,6 +98,7 @@ def check_stem(backbone: str = "tf_efficientnet_lite0", stem: str = "fold", pret
     return result
 
 
+@exits_on_error
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="tf_efficientnet_lite0")
@@ -114,4 +112,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

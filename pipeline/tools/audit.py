@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Audit a data set before training: what is in it, what cannot be read, and whether the folds leak.
 
-    python scripts/audit.py --config chest_xray [--set k=v ...] [--out DIR]
+    graystem audit --config chest_xray [--set k=v ...] [--out DIR]
 
 Reads the config's manifest the way training does (but with data.on_error=skip, so every problem is reported,
 not just the first), reads every file's header and decodes every sample with the training reader options,
@@ -21,20 +20,18 @@ import argparse
 import hashlib
 import json
 import statistics
-import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from pipeline.cli import add_config_arguments  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.cv import make_splits  # noqa: E402
-from pipeline.errors import DataError, ImageReadError, PipelineError  # noqa: E402
-from pipeline.io import detect_format, read_gray  # noqa: E402
-from pipeline.io.dicom import read_dicom_header  # noqa: E402
-from pipeline.manifest import load_manifest, reader_options  # noqa: E402
+from ..cliargs import add_config_arguments
+from ..config import load_config
+from ..cv import make_splits
+from ..demo import ensure_demo_data
+from ..errors import DataError, ImageReadError, exits_on_error
+from ..io import detect_format, read_gray
+from ..io.dicom import read_dicom_header
+from ..manifest import load_manifest, reader_options
 
 
 def _counts(values) -> dict:
@@ -272,32 +269,27 @@ def to_markdown(rep: dict, show: int = 30) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="audit.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_arguments(p)
     p.add_argument("--out", help="report folder (default ./audit-<task name>)")
     return p
 
 
+@exits_on_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from pipeline.cli import ensure_demo_data
-
-        cfg = load_config(args.config, args.overrides)
-        ensure_demo_data(cfg)
-        rep = audit(cfg)
-        out = Path(args.out or f"audit-{cfg.task.name}")
-        out.mkdir(parents=True, exist_ok=True)
-        md = to_markdown(rep)
-        (out / "audit.md").write_text(md)
-        (out / "audit.json").write_text(json.dumps(rep, indent=1, default=str))
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    ensure_demo_data(cfg)
+    rep = audit(cfg)
+    out = Path(args.out or f"audit-{cfg.task.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    md = to_markdown(rep)
+    (out / "audit.md").write_text(md)
+    (out / "audit.json").write_text(json.dumps(rep, indent=1, default=str))
     print(md)
     print(f"written: {out / 'audit.md'}, {out / 'audit.json'}")
     return 1 if rep["leak"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

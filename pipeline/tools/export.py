@@ -1,6 +1,6 @@
 """Export one fold model (or the fold ensemble) of a finished run as a self-contained TorchScript file.
 
-    python scripts/export.py RUN_DIR [--fold K | --ensemble] --out model.ts
+    graystem export RUN_DIR [--fold K | --ensemble] --out model.ts
 
 The exported module takes what the data pipeline produces before normalisation, a (B, 1, S, S) float tensor
 of [0, 1] pixels (S = data.image_size of the run), and returns class probabilities (B, n_classes) in the
@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from pipeline.config import load_config  # noqa: E402
-from pipeline.errors import ConfigError, PipelineError  # noqa: E402
+from ..config import load_config
+from ..errors import ConfigError, exits_on_error
+from .predict import load_fold_models
 
 
 class Deployable(nn.Module):
@@ -50,12 +48,7 @@ class Deployable(nn.Module):
 
 
 def export(run_dir: Path, out: Path, fold: int | None = None) -> dict:
-    from importlib.util import module_from_spec, spec_from_file_location
-
-    spec = spec_from_file_location("predict", Path(__file__).with_name("predict.py"))
-    predict = module_from_spec(spec)
-    spec.loader.exec_module(predict)
-    members = predict.load_fold_models(run_dir)
+    members = load_fold_models(run_dir)
     if fold is not None:
         members = [(m, c) for m, c in members if c["fold"] == fold]
         if not members:
@@ -84,20 +77,17 @@ def export(run_dir: Path, out: Path, fold: int | None = None) -> dict:
     return meta
 
 
+@exits_on_error
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--fold", type=int, help="export this fold's model (default: the ensemble of all folds)")
     ap.add_argument("--out", type=Path, default=Path("model.ts"))
     args = ap.parse_args(argv)
-    try:
-        meta = export(args.run_dir, args.out, args.fold)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    meta = export(args.run_dir, args.out, args.fold)
     print(f"wrote {args.out} ({len(meta['folds'])} model(s), classes {meta['classes']}) and {args.out}.json")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Score new images with the fold models of a finished run (the fold ensemble, as for the test set).
 
-    python scripts/predict.py RUN_DIR IMAGE [IMAGE ...] [--out predictions.csv]
-    python scripts/predict.py RUN_DIR --manifest new.csv [--out predictions.csv]
+    graystem predict RUN_DIR IMAGE [IMAGE ...] [--out predictions.csv]
+    graystem predict RUN_DIR --manifest new.csv [--out predictions.csv]
 
 Each image is read with the run's reader options and resized as in training, and normalised with the
 statistics stored in the checkpoint (the model factory's, never timm's 3-channel defaults).
@@ -15,16 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from pipeline.config import ModelConfig, load_config  # noqa: E402
-from pipeline.engine import probabilities  # noqa: E402
-from pipeline.errors import ConfigError, ImageReadError, PipelineError  # noqa: E402
-from pipeline.manifest import reader_options  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
-from pipeline.transforms import load_transforms, normalize_transform  # noqa: E402
+from ..config import ModelConfig, load_config
+from ..engine import probabilities
+from ..errors import ConfigError, ImageReadError, exits_on_error
+from ..manifest import reader_options
+from ..models import build_model
+from ..transforms import load_transforms, normalize_transform
 
 
 def load_fold_models(run_dir: Path):
@@ -68,6 +66,7 @@ def predict_files(run_dir: Path, images: list[tuple[str, int | None]], on_error:
     return out, skipped, classes
 
 
+@exits_on_error
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
@@ -76,37 +75,33 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="write a CSV here (default: print JSON lines)")
     ap.add_argument("--on-error", choices=["raise", "skip"], default="raise")
     args = ap.parse_args(argv)
-    try:
-        items = [(str(Path(p).resolve()), None) for p in args.images]
-        if args.manifest:
-            if not args.manifest.is_file():
-                raise ConfigError(f"--manifest {args.manifest}: file not found")
-            with args.manifest.open(newline="", encoding="utf-8-sig") as fh:
-                for line, rec in enumerate(csv.DictReader(fh), start=2):
-                    if not rec.get("image"):
-                        raise ConfigError(f"{args.manifest.name} row {line}: empty 'image'")
-                    path = Path(rec["image"])
-                    path = path if path.is_absolute() else args.manifest.parent / path
-                    frame = rec.get("frame") or None
-                    items.append((str(path), int(frame) if frame else None))
-        if not items:
-            raise ConfigError("no images given (pass paths or --manifest)")
-        rows, skipped, classes = predict_files(args.run_dir, items, args.on_error)
-        if args.out:
-            with args.out.open("w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=["image", "frame"] + [f"prob_{c}" for c in classes])
-                w.writeheader()
-                w.writerows(rows)
-        else:
-            for r in rows:
-                print(json.dumps(r))
-        for s in skipped:
-            print(f"skipped: {s['image']}: {s['reason']}", file=sys.stderr)
-        return 0
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    items = [(str(Path(p).resolve()), None) for p in args.images]
+    if args.manifest:
+        if not args.manifest.is_file():
+            raise ConfigError(f"--manifest {args.manifest}: file not found")
+        with args.manifest.open(newline="", encoding="utf-8-sig") as fh:
+            for line, rec in enumerate(csv.DictReader(fh), start=2):
+                if not rec.get("image"):
+                    raise ConfigError(f"{args.manifest.name} row {line}: empty 'image'")
+                path = Path(rec["image"])
+                path = path if path.is_absolute() else args.manifest.parent / path
+                frame = rec.get("frame") or None
+                items.append((str(path), int(frame) if frame else None))
+    if not items:
+        raise ConfigError("no images given (pass paths or --manifest)")
+    rows, skipped, classes = predict_files(args.run_dir, items, args.on_error)
+    if args.out:
+        with args.out.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["image", "frame"] + [f"prob_{c}" for c in classes])
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        for r in rows:
+            print(json.dumps(r))
+    for s in skipped:
+        print(f"skipped: {s['image']}: {s['reason']}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
