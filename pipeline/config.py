@@ -17,7 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 from .vocab import MONITORS, STEM_STRATEGIES, parse_train_spec
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data: ships in the wheel
+# a source checkout (pyproject.toml beside the package) is a second base for relative data paths, so
+# `--config configs/x.yaml` finds data/ from any working directory; an installed package has none
+_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT: Path | None = _ROOT if (_ROOT / "pyproject.toml").is_file() else None
 
 
 class Strict(BaseModel):
@@ -194,7 +198,7 @@ class Config(Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     # where the YAML came from: relative data paths resolve against the working directory first,
-    # then against the project root (so `--config configs/x.yaml` works from anywhere)
+    # then against the checkout root when running from one (PROJECT_ROOT)
     source: str | None = None
 
     @model_validator(mode="after")

@@ -1,8 +1,12 @@
 """User-facing errors.
 
-Anything raised as a PipelineError is printed by the CLI as one line (no traceback) and exits with code 2.
+Anything raised as a PipelineError is printed by every entry point (`exits_on_error`) as one line (no traceback)
+and exits with code 2.
 The message must name the file, row or key at fault.
 """
+
+import functools
+import sys
 
 
 class PipelineError(Exception):
@@ -24,6 +28,30 @@ class ImageReadError(DataError):
         self.path = str(path)
         self.reason = " ".join(str(reason).split())  # keep it on one line
         super().__init__(f"{self.path}: {self.reason}")
+
+
+def exits_on_error(main=None, *, interrupted: str = "interrupted"):
+    """Decorate a `main(argv) -> int` entry point: a PipelineError becomes one line `error: ...` on stderr and
+    exit code 2 (no traceback), Ctrl-C prints `interrupted` and gives 130.
+
+    Use bare (`@exits_on_error`) or with the message shown on Ctrl-C (`@exits_on_error(interrupted="...")`).
+    """
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def entry(*args, **kwargs) -> int:
+            try:
+                return fn(*args, **kwargs)
+            except PipelineError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print(interrupted, file=sys.stderr)
+                return 130
+
+        return entry
+
+    return wrap(main) if main is not None else wrap
 
 
 class TrainingError(PipelineError):

@@ -15,13 +15,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import CONFIG_DIR, Config
+from .config import PROJECT_ROOT, Config
 from .errors import DataError, ImageReadError
 from .folders import folder_records
 from .io import ReaderOptions, count_frames, nonzero_slices
 from .vocab import DICOM_SUFFIXES
-
-PROJECT_ROOT = CONFIG_DIR.parent
 
 
 @dataclass(frozen=True)
@@ -62,9 +60,9 @@ class Manifest:
 
 
 def resolve_data_path(text: str, cfg: Config) -> Path:
-    """Relative paths are tried against the working directory, then the project root."""
+    """Relative paths are tried against the working directory, then the checkout root (when there is one)."""
     p = Path(text).expanduser()
-    if p.is_absolute() or p.exists():
+    if p.is_absolute() or p.exists() or PROJECT_ROOT is None:
         return p.resolve()
     alt = PROJECT_ROOT / p
     return alt.resolve() if alt.exists() else p.resolve()

@@ -1,28 +1,23 @@
 """The CLI in-process: a whole cross-validated run on the smoke config, and one-line errors with exit code 2."""
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from pipeline.cli import main
+from pipeline.demo import make_demo
+from pipeline.tools.export import main as export_main
+from pipeline.tools.predict import predict_files
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_demo_module():
-    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts" / "make_demo_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def small_chest(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
-    _load_demo_module().make_demo(root, which=("chest_xray",), n_scale=0.25)
+    make_demo(root, which=("chest_xray",), n_scale=0.25)
     return root / "chest_xray" / "labels.csv"
 
 
@@ -163,14 +158,11 @@ def test_torchrun_two_processes_on_cpu(small_chest, tmp_path):
 
 
 def test_predict_script_reproduces_the_test_ensemble(smoke_run, small_chest):
-    """scripts/predict.py rebuilds the fold models from best.pt and scores like the run's test ensemble."""
-    spec = importlib.util.spec_from_file_location("predict", ROOT / "scripts" / "predict.py")
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
+    """graystem predict rebuilds the fold models from best.pt and scores like the run's test ensemble."""
     with (smoke_run / "test_predictions.csv").open() as fh:
         expected = list(csv.DictReader(fh))[:3]
     images = [(str(small_chest.parent / r["image"]), None) for r in expected]
-    rows, skipped, classes = predict.predict_files(smoke_run, images)
+    rows, skipped, classes = predict_files(smoke_run, images)
     assert not skipped and classes == ["normal", "pneumonia"]
     for got, want in zip(rows, expected, strict=True):
         assert abs(got["prob_pneumonia"] - float(want["prob_pneumonia"])) < 1e-4
@@ -202,8 +194,8 @@ def test_unreadable_image_is_skipped_and_recorded(capsys, tmp_path, small_chest)
 
 def test_demo_generation_never_touches_a_users_folder(tmp_path):
     """data.demo left on while data.manifest points at real data: the folder is not rewritten."""
-    from pipeline.cli import ensure_demo_data
     from pipeline.config import load_config
+    from pipeline.demo import ensure_demo_data
 
     folder = tmp_path / "chest_xray"
     folder.mkdir()
@@ -233,14 +225,8 @@ def test_exported_torchscript_matches_predict(smoke_run, small_chest, tmp_path):
     from pipeline.manifest import reader_options
     from pipeline.transforms import load_transforms
 
-    def _script(name):
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-
     out = tmp_path / "model.ts"
-    assert _script("export").main([str(smoke_run), "--out", str(out)]) == 0
+    assert export_main([str(smoke_run), "--out", str(out)]) == 0
     meta = json.loads((tmp_path / "model.ts.json").read_text())
     assert meta["classes"] == ["normal", "pneumonia"] and meta["folds"] == [0, 1]
     scripted = torch.jit.load(str(out))
@@ -249,7 +235,7 @@ def test_exported_torchscript_matches_predict(smoke_run, small_chest, tmp_path):
     x = load_transforms(cfg, reader_options(cfg))({"image": image, "frame": None})["image"]
     with torch.no_grad():
         probs = scripted(torch.as_tensor(x)[None])[0]
-    rows, _, _ = _script("predict").predict_files(smoke_run, [(image, None)])
+    rows, _, _ = predict_files(smoke_run, [(image, None)])
     assert abs(float(probs[1]) - rows[0]["prob_pneumonia"]) < 1e-5
     assert abs(float(probs.sum()) - 1) < 1e-6
 
@@ -304,7 +290,7 @@ def test_all_frames_of_a_cine_stay_in_one_fold(tmp_path):
     from pipeline.io import count_frames
     from pipeline.manifest import load_manifest
 
-    _load_demo_module().make_demo(tmp_path, which=("ultrasound",), n_scale=0.4)
+    make_demo(tmp_path, which=("ultrasound",), n_scale=0.4)
     labels = tmp_path / "ultrasound" / "labels.csv"
     cfg = load_config("ultrasound", [f"data.manifest={labels}", "cv.folds=3"])
     rows = load_manifest(cfg).samples

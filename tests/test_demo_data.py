@@ -2,7 +2,6 @@
 
 import csv
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import nibabel as nib
@@ -12,21 +11,14 @@ import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import RLELossless
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_demo_data.py"
+import pipeline.demo
+
 SCALE = 0.1  # 15 chest patients (~30 images), 10 ultrasound patients (~12 studies)
-
-
-def _load_script():
-    # scripts/ is not a package: load by path, the way train.py does
-    spec = importlib.util.spec_from_file_location("make_demo_data", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def mk():
-    return _load_script()
+    return pipeline.demo
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Model factory: weight sources, bundled ImageNet weights on real photos, freezing, optimiser compatibility."""
 import copy
-import importlib.util
 import pickle
 from pathlib import Path
 
@@ -70,13 +69,12 @@ def test_bundled_grey_top5_and_equal_to_3_channel(bundled):
 
 
 def test_check_stem_script_reports(bundled):
-    spec = importlib.util.spec_from_file_location("check_stem", ROOT / "scripts" / "check_stem.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    out = mod.check_stem("tf_efficientnet_lite0", "sum", "bundled", size=224)
+    from pipeline.tools.check_stem import check_stem
+
+    out = check_stem("tf_efficientnet_lite0", "sum", "bundled", size=224)
     assert out["max_abs_diff"] < 1e-4 and out["stem_params_1ch"] * 3 == out["stem_params_3ch"] == 864
     assert out["top5_chelsea"][0]["name"] == "Egyptian cat" and out["top5_coffee"][0]["index"] == 967
-    out = mod.check_stem("resnet18", "fold", "none", size=64)
+    out = check_stem("resnet18", "fold", "none", size=64)
     assert out["stem_interior_max_abs_diff"] < 1e-4 and out["border_only"] < 1e-4 and out["max_abs_diff"] < 1e-4
     assert out["stem_macs_ratio"] == pytest.approx(1 / 3)
 

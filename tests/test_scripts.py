@@ -1,7 +1,6 @@
-"""The command-line scripts in-process on real files: index_dicom, audit, preview, benchmark."""
+"""The command-line tools (pipeline.tools) in-process on real files: index_dicom, audit, preview, benchmark."""
 
 import csv
-import importlib.util
 import json
 import re
 import shutil
@@ -13,15 +12,10 @@ import pydicom
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.demo import make_demo
+from pipeline.tools import audit, benchmark, index_dicom, preview
+
 data = pytest.importorskip("pydicom.data")
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _testfile(name: str) -> str:
@@ -40,7 +34,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
-    _script("make_demo_data").make_demo(root, which=("chest_xray",), n_scale=0.25)
+    make_demo(root, which=("chest_xray",), n_scale=0.25)
     return root / "chest_xray"
 
 
@@ -72,7 +66,7 @@ def _dicoms(tree: Path) -> list[Path]:
 
 def test_index_dicom_headers_and_skipped(tree, tmp_path, capsys):
     out = tmp_path / "out" / "manifest.csv"
-    assert _script("index_dicom").main([str(tree), "--out", str(out)]) == 0
+    assert index_dicom.main([str(tree), "--out", str(out)]) == 0
     cols, rows = _read_csv(out)
     assert cols == ["image", "patient_id", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
                     "PhotometricInterpretation", "Rows", "Columns", "NumberOfFrames", "BitsStored"]
@@ -94,7 +88,6 @@ def test_index_dicom_headers_and_skipped(tree, tmp_path, capsys):
 
 
 def test_index_dicom_joins_labels_by_uid_and_by_file(tree, tmp_path, capsys):
-    index_dicom = _script("index_dicom")
     ct = pydicom.dcmread(tree / "a" / "ct.dcm", stop_before_pixels=True)
     mr = pydicom.dcmread(tree / "c" / "mr.dcm", stop_before_pixels=True)
     labels = tmp_path / "by_uid.csv"
@@ -121,7 +114,6 @@ def test_index_dicom_joins_labels_by_uid_and_by_file(tree, tmp_path, capsys):
 
 
 def test_index_dicom_pseudonymizes_consistently(tree, tmp_path, capsys):
-    index_dicom = _script("index_dicom")
     out = tmp_path / "pseudo.csv"
     assert index_dicom.main([str(tree), "--out", str(out), "--pseudonymize", "--salt", "s3cret"]) == 0
     rows = _read_csv(out)[1]
@@ -155,7 +147,7 @@ def test_audit_finds_a_duplicate_crossing_train_and_test(demo, tmp_path, capsys)
         w.writerows(rows)
 
     out = tmp_path / "audit"
-    rc = _script("audit").main(["--config", "smoke", "--set", f"data.manifest={manifest}", "--out", str(out)])
+    rc = audit.main(["--config", "smoke", "--set", f"data.manifest={manifest}", "--out", str(out)])
     assert rc == 1  # a leak
     rep = json.loads((out / "audit.json").read_text())
     assert (out / "audit.md").read_text().startswith("# Data audit")
@@ -178,14 +170,14 @@ def test_audit_finds_a_duplicate_crossing_train_and_test(demo, tmp_path, capsys)
 
 
 def test_audit_bad_config_is_a_user_error(capsys):
-    assert _script("audit").main(["--config", "smoke", "--set", "data.nope=1"]) == 2
+    assert audit.main(["--config", "smoke", "--set", "data.nope=1"]) == 2
     assert capsys.readouterr().err.startswith("error:")
 
 
 # ---------------------------------------------------------------- preview
 def test_preview_monochrome1_radiograph(tmp_path, capsys):
     png = tmp_path / "rg1.png"
-    rc = _script("preview").main([_testfile("RG1_UNCR.dcm"), "--config", "chest_xray",
+    rc = preview.main([_testfile("RG1_UNCR.dcm"), "--config", "chest_xray",
                                   "--set", "data.image_size=64", "--png", str(png), "--json"])
     assert rc == 0
     info = json.loads(capsys.readouterr().out)
@@ -203,14 +195,14 @@ def test_preview_monochrome1_radiograph(tmp_path, capsys):
 
 
 def test_preview_missing_file_is_a_user_error(tmp_path, capsys):
-    assert _script("preview").main([str(tmp_path / "missing.dcm")]) == 2
+    assert preview.main([str(tmp_path / "missing.dcm")]) == 2
     assert capsys.readouterr().err.startswith("error:")
 
 
 # ---------------------------------------------------------------- benchmark
 def test_benchmark_decode(capsys):
     _testfile("RG1_J2KR.dcm")
-    assert _script("benchmark").main(["--what", "decode", "--seconds", "1"]) == 0
+    assert benchmark.main(["--what", "decode", "--seconds", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     for name in ("uncompressed", "rle", "jpeg2000"):
         assert out["decode"][name]["images_per_s"] > 0, out["decode"][name]
