@@ -121,7 +121,8 @@ def _parse_target(record: dict, cfg: Config, where: str):
     return task.classes.index(label), label
 
 
-def _expand_frames(path: Path, explicit: str, cfg: Config, opts: ReaderOptions) -> list[int | None]:
+def expand_frames(path: Path, explicit: str, cfg: Config, opts: ReaderOptions) -> list[int | None]:
+    """The frames of one file that become samples under data.frames (an explicit manifest frame wins)."""
     if explicit:
         try:
             return [int(explicit)]
@@ -205,7 +206,7 @@ def load_manifest(cfg: Config) -> Manifest:
             if not pid and image.suffix.lower() in DICOM_SUFFIXES:
                 pid = _dicom_patient_id(image) or ""
             try:
-                frames = _expand_frames(image, (rec.get("frame") or rec.get("slice") or "").strip(), cfg, opts)
+                frames = expand_frames(image, (rec.get("frame") or rec.get("slice") or "").strip(), cfg, opts)
             except ImageReadError as exc:
                 raise DataError(f"{where}: {exc.reason} ({image})") from None
         except DataError as exc:

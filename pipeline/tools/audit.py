@@ -60,10 +60,10 @@ def _file_facts(path: str) -> dict:
     return facts
 
 
-def _decode(row: dict, options) -> tuple[str | None, dict | None, str | None]:
+def _decode(row, options) -> tuple[str | None, dict | None, str | None]:
     """(md5 of the decoded image, reader info, error reason)."""
     try:
-        image, info = read_gray(row["image"], frame=row["frame"], options=options)
+        image, info = read_gray(row.image, frame=row.frame, options=options)
     except ImageReadError as exc:
         return None, None, exc.reason
     except Exception as exc:
@@ -84,11 +84,11 @@ def audit(cfg) -> dict:
     scfg = cfg.model_copy(deep=True)
     scfg.data.on_error = "skip"  # collect every problem instead of stopping at the first
     manifest = load_manifest(scfg)
-    rows, options = manifest.rows, reader_options(cfg)
-    unreadable = [{"image": s["image"], "row": s["row"], "stage": "manifest", "reason": s["reason"]}
+    rows, options = manifest.samples, reader_options(cfg)
+    unreadable = [{"image": s.image, "row": s.row, "stage": "manifest", "reason": s.reason}
                   for s in manifest.skipped]
 
-    files = list(dict.fromkeys(r["image"] for r in rows))
+    files = list(dict.fromkeys(r.image for r in rows))
     workers = 2 if len(rows) > 8 else 1
     with ThreadPoolExecutor(workers) as pool:
         facts = dict(zip(files, pool.map(_file_facts, files), strict=True))
@@ -102,23 +102,22 @@ def audit(cfg) -> dict:
     ok, hashes = [], []
     for row, (digest, info, error) in zip(rows, decoded, strict=True):
         if error is not None:  # training skips (or stops at) this sample, not the file's other frames
-            if row["image"] not in reported:
-                unreadable.append({"image": row["image"], "row": row["row"], "stage": "decode", "reason": error})
-            reported.add(row["image"])
+            if row.image not in reported:
+                unreadable.append({"image": row.image, "row": row.row, "stage": "decode", "reason": error})
+            reported.add(row.image)
             continue
-        f = facts[row["image"]]
+        f = facts[row.image]
         if f["format"] != "dicom" and f["size"] is None:  # NIfTI / raster: facts from the reader
-            f.update(modality=info.get("modality"), photometric=info.get("photometric"),
-                     bits_stored=info.get("bits_stored"), frames=info.get("frames"),
-                     size="x".join(str(s) for s in info["shape"]))
+            f.update(modality=info.modality, photometric=info.photometric, bits_stored=info.bits_stored,
+                     frames=info.frames, size="x".join(str(s) for s in info.shape))
         ok.append(row)
         hashes.append(digest)
-    good = [facts[p] for p in dict.fromkeys(r["image"] for r in ok)]
+    good = [facts[p] for p in dict.fromkeys(r.image for r in ok)]
 
     report: dict = {
         "task": cfg.task.name, "manifest": str(manifest.path), "classes": list(cfg.task.classes),
         "n_manifest_samples": len(rows) + len(manifest.skipped), "n_samples": len(ok),
-        "n_files": len({r["image"] for r in ok}), "n_patients": len({r["patient_id"] for r in ok}),
+        "n_files": len({r.image for r in ok}), "n_patients": len({r.patient_id for r in ok}),
         "file_types": _counts(f["format"] for f in good),
         "modalities": _counts(f["modality"] for f in good),
         "photometric": _counts(f["photometric"] for f in good),
@@ -129,7 +128,7 @@ def audit(cfg) -> dict:
     }
 
     # patients: where their ids came from, how many images each, conflicting labels
-    own = sum(r["patient_id"].startswith("image:") for r in ok)
+    own = sum(not r.patient_known for r in ok)
     report["patient_source"] = {
         "source": manifest.patient_source, "images_as_own_patient": own,
         "note": ("every image is its own patient: images of one patient can land in different folds"
@@ -141,50 +140,49 @@ def audit(cfg) -> dict:
     per_patient = defaultdict(set)
     labels_of = defaultdict(set)
     for r in ok:
-        per_patient[r["patient_id"]].add(r["image"])
-        labels_of[r["patient_id"]].add(r["label"])
+        per_patient[r.patient_id].add(r.image)
+        labels_of[r.patient_id].add(r.label)
     report["images_per_patient"] = _spread([len(v) for v in per_patient.values()])
     report["conflicting_labels"] = {p: sorted(v) for p, v in sorted(labels_of.items()) if len(v) > 1}
-    report["label_counts"] = _counts(r["label"] for r in ok)
+    report["label_counts"] = _counts(r.label for r in ok)
 
     # folds, exactly as training draws them
     leaks = []
-    both = sorted({r["patient_id"] for r in ok if r["split"] == "test"}
-                  & {r["patient_id"] for r in ok if r["split"] != "test"})
+    both = sorted({r.patient_id for r in ok if r.split == "test"}
+                  & {r.patient_id for r in ok if r.split == "train"})
     report["patients_in_train_and_test"] = both
     if both:
         leaks.append(f"{len(both)} patients have images in both the train and the test split of the manifest")
-    has_split = any(r["split"] == "test" for r in ok) or cfg.cv.test_fraction == 0
     place = {}  # patient -> 'test' or 'fold K' (the fold whose validation set holds the patient)
     try:
-        splits = make_splits(ok, cfg, manifest_has_split=has_split) if ok else None
+        splits = make_splits(ok, cfg) if ok else None
         report["folds_error"] = None if ok else "no readable samples"
     except DataError as exc:
         splits, report["folds_error"] = None, str(exc)
     multi = set()
     if splits:
         seen = defaultdict(list)
-        for p in splits["test_patients"]:
+        for p in splits.test_patients:
             seen[p].append("test")
-        for f in splits["folds"]:
-            for p in f["val_patients"]:
-                seen[p].append(f"fold {f['fold']}")
-            multi |= set(f["train_patients"]) & set(f["val_patients"])
+        for f in splits.folds:
+            for p in f.val_patients:
+                seen[p].append(f"fold {f.fold}")
+            multi |= set(f.train_patients) & set(f.val_patients)
         multi |= {p for p, where in seen.items() if len(where) > 1}
         place = {p: where[0] for p, where in seen.items()}
+        test = set(splits.test_patients)
         per_fold = []
-        for f in splits["folds"]:
-            val = set(f["val_patients"])
-            per_fold.append({"fold": f["fold"], "val_patients": len(val),
-                             "val": _counts(r["label"] for r in ok if r["split"] != "test" and r["patient_id"] in val),
-                             "train": _counts(r["label"] for r in ok
-                                              if r["split"] != "test" and r["patient_id"] not in val)})
+        for f in splits.folds:
+            val = set(f.val_patients)
+            per_fold.append({"fold": f.fold, "val_patients": len(val),
+                             "val": _counts(r.label for r in ok if r.patient_id in val),
+                             "train": _counts(r.label for r in ok if r.patient_id not in val | test)})
         report["label_counts_per_fold"] = per_fold
-        report["label_counts_test"] = _counts(r["label"] for r in ok if r["split"] == "test")
     else:
-        place = {r["patient_id"]: r["split"] for r in ok}
+        test = {r.patient_id for r in ok if r.split == "test"}
+        place = {r.patient_id: "test" if r.patient_id in test else "train" for r in ok}
         report["label_counts_per_fold"] = []
-        report["label_counts_test"] = _counts(r["label"] for r in ok if r["split"] == "test")
+    report["label_counts_test"] = _counts(r.label for r in ok if r.patient_id in test)
     report["patients_in_multiple_folds"] = len(multi)
     if multi:
         leaks.append(f"{len(multi)} patients are in more than one fold / the test set")
@@ -195,15 +193,16 @@ def audit(cfg) -> dict:
         groups[h].append(r)
     dups = []
     for h, members in groups.items():
-        distinct = {(m["image"], m["frame"]) for m in members}
+        distinct = {(m.image, m.frame) for m in members}
         if len(distinct) < 2:
             continue
-        where = sorted({place.get(m["patient_id"], m["split"]) for m in members})
-        splits_of = {m["split"] for m in members}
+        where = sorted({place.get(m.patient_id, "train") for m in members})
+        splits_of = {"test" if m.patient_id in test else "train" for m in members}
         dups.append({"md5": h, "crosses_folds": len(where) > 1, "crosses_train_test": len(splits_of) > 1,
-                     "patients": sorted({m["patient_id"] for m in members}), "where": where,
-                     "images": [{"image": m["image"], "frame": m["frame"], "patient_id": m["patient_id"],
-                                 "split": m["split"], "fold": place.get(m["patient_id"])} for m in members]})
+                     "patients": sorted({m.patient_id for m in members}), "where": where,
+                     "images": [{"image": m.image, "frame": m.frame, "patient_id": m.patient_id,
+                                 "split": "test" if m.patient_id in test else "train",
+                                 "fold": place.get(m.patient_id)} for m in members]})
     report["duplicates"] = dups
     crossing = [d for d in dups if d["crosses_folds"] or d["crosses_train_test"]]
     report["duplicate_groups_crossing"] = len(crossing)

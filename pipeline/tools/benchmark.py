@@ -107,21 +107,16 @@ def bench_model(what: list[str], size: int, batch: int, seconds: float, device_n
     from torch import nn
 
     from ..config import load_config
+    from ..distributed import select_device
     from ..models import build_model, freeze_bn_stats, set_trainable
 
     cfg = load_config("chest_xray")
-    try:
-        device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available()
-                              else "cpu" if device_name == "auto" else device_name)
-    except RuntimeError:
-        raise ConfigError(f"--device {device_name}: not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device_name}: CUDA is not available here")
+    device = select_device(device_name)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     n_out = cfg.task.num_outputs
     results = []
     for stem in dict.fromkeys((cfg.model.stem, "repeat")):
-        model, norm = build_model(cfg.model.model_copy(update={"stem": stem}), n_out)
+        model, norm, _ = build_model(cfg.model.model_copy(update={"stem": stem}), n_out)
         model.to(device)
         x = torch.rand(batch, 1, size, size, device=device)
         x = (x - norm.mean[0]) / norm.std[0]

@@ -15,55 +15,22 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from ..config import ModelConfig, load_config
-from ..engine import probabilities
-from ..errors import ConfigError, ImageReadError, exits_on_error
-from ..manifest import reader_options
-from ..models import build_model
-from ..transforms import load_transforms, normalize_transform
+from ..checkpoint import load_run
+from ..errors import ConfigError, exits_on_error
+from ..inference import score_files
+from ..outputs import probability_fields
 
 
-def load_fold_models(run_dir: Path):
-    paths = sorted(run_dir.glob("fold_*/best.pt"))
-    if not paths:
-        raise ConfigError(f"{run_dir}: no fold_K/best.pt checkpoints (not a finished run folder)")
-    models = []
-    for p in paths:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        n_out = 1 if ckpt["task"]["type"] == "binary" else len(ckpt["task"]["classes"])
-        model, _ = build_model(ModelConfig(**ckpt["model"]), n_out, pretrained="none")
-        model.load_state_dict(ckpt["state_dict"])
-        models.append((model.eval(), ckpt))
-    return models
-
-
-@torch.no_grad()
-def predict_files(run_dir: Path, images: list[tuple[str, int | None]], on_error: str = "raise"):
-    cfg = load_config(str(run_dir / "config.yaml"))
-    models = load_fold_models(run_dir)
-    ckpt = models[0][1]
-    norm = normalize_transform(ckpt["normalization"]["mean"], ckpt["normalization"]["std"])
-    chain = load_transforms(cfg, reader_options(cfg))
-    classes, task_type = ckpt["task"]["classes"], ckpt["task"]["type"]
-    out, skipped = [], []
-    for image, frame in images:
-        try:
-            x = norm(chain({"image": image, "frame": frame}))["image"]
-        except ImageReadError as exc:
-            if on_error != "skip":
-                raise
-            skipped.append({"image": image, "reason": exc.reason})
-            continue
-        x = torch.as_tensor(x)[None]
-        probs = torch.stack([probabilities(task_type, m(x))[0] for m, _ in models]).mean(0)
-        if task_type == "binary":  # the model scores the positive class
-            positive = ckpt["task"].get("positive_class") or classes[-1]
-            probs = torch.stack([probs if c == positive else 1 - probs for c in classes])
-        out.append({"image": image, "frame": "" if frame is None else frame,
-                    **{f"prob_{c}": round(float(v), 6) for c, v in zip(classes, probs, strict=True)}})
-    return out, skipped, classes
+def predict_files(run_dir: Path, images: list[tuple[str, int | None]], on_error: str = "raise",
+                  progress: bool = False):
+    """(rows for the CSV, skipped files, classes)."""
+    run = load_run(run_dir)
+    scores, skipped = score_files(run, images, on_error=on_error, progress=progress)
+    fields = probability_fields(run.task)
+    rows = [{"image": s.image, "frames": s.frames,
+             **{f: round(float(v), 6) for f, v in zip(fields, s.probs, strict=True)},
+             "predicted": s.predicted} for s in scores]
+    return rows, skipped, run.task.classes
 
 
 @exits_on_error
@@ -89,10 +56,10 @@ def main(argv=None) -> int:
                 items.append((str(path), int(frame) if frame else None))
     if not items:
         raise ConfigError("no images given (pass paths or --manifest)")
-    rows, skipped, classes = predict_files(args.run_dir, items, args.on_error)
+    rows, skipped, classes = predict_files(args.run_dir, items, args.on_error, progress=bool(args.out))
     if args.out:
         with args.out.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["image", "frame"] + [f"prob_{c}" for c in classes])
+            w = csv.DictWriter(fh, fieldnames=["image", "frames", *(f"prob_{c}" for c in classes), "predicted"])
             w.writeheader()
             w.writerows(rows)
     else:

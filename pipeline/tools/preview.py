@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..cliargs import add_config_arguments
 from ..config import load_config
@@ -31,12 +32,11 @@ def preview(path: str, cfg, frame: int | None = None) -> tuple[dict, np.ndarray]
     if not p.exists():
         raise DataError(f"{path}: file not found")
     # the weights do not change the normalisation (it comes with the architecture), so skip loading them
-    _, norm = build_model(cfg.model, cfg.task.num_outputs, pretrained="none")
+    norm = build_model(cfg.model, cfg.task.num_outputs, pretrained="none").norm
     loaded = load_transforms(cfg, reader_options(cfg))({"image": str(p), "frame": frame})
     sample = sample_transforms(cfg, norm.mean, norm.std, train=False)({"image": loaded["image"]})
-    x = sample["image"]
-    x = (x.as_tensor() if hasattr(x, "as_tensor") else x).float()
-    info = loaded["image_info"]
+    x = torch.as_tensor(sample["image"]).float()
+    info = loaded["image_info"].as_dict()
     arr = x.numpy()
     summary = {
         "path": str(p), "shape": list(arr.shape),
