@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, RLELossless
 from scipy import ndimage as ndi
 
-from .common import _DS, BASE_DATE, _exact_flags, _lowfreq, _rng, _sig, _smooth_noise, _split, _uid
+from .common import _DS, BASE_DATE, _exact_flags, _lowfreq, _patients, _rng, _sig, _smooth_noise, _uid
 
 # difficulty knobs. Measured: ImageNet EfficientNet-Lite0 fine-tuned at 128 px on the train split reaches
 # AUROC ~0.86 on held-out data; see data/README.md
@@ -24,11 +24,8 @@ CHEST_SIZES = ((256, 256), (320, 256), (288, 320))  # (rows, cols)
 
 def chest_specs(seed: int = 0, n_scale: float = 1.0) -> list[dict]:
     """One dict per image: everything needed to render and store it (deterministic)."""
-    rng = _rng(seed, _DS["chest_xray"])
-    n_pat = max(6, round(N_CHEST_PATIENTS * n_scale))
-    labels = ["pneumonia"] * round(CHEST_POSITIVE * n_pat) + ["normal"] * (n_pat - round(CHEST_POSITIVE * n_pat))
-    rng.shuffle(labels)
-    splits = _split(labels, rng)
+    rng, n_pat, labels, splits = _patients("chest_xray", seed, N_CHEST_PATIENTS, CHEST_POSITIVE, n_scale,
+                                           "pneumonia", "normal")
     specs = []
     for p in range(n_pat):
         for k in range(int(rng.integers(1, 4))):

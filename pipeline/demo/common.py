@@ -64,3 +64,15 @@ def _exact_flags(rng, n: int, frac: float) -> np.ndarray:
     rng.shuffle(flags)
     return flags
 
+
+
+def _patients(dataset: str, seed: int, n_base: int, positive_frac: float, n_scale: float, positive: str,
+              negative: str):
+    """(rng, n_patients, label per patient, split per patient) of one demo set, drawn in a fixed order so
+    the generated files stay byte-identical."""
+    rng = _rng(seed, _DS[dataset])
+    n_pat = max(6, round(n_base * n_scale))
+    n_pos = round(positive_frac * n_pat)
+    labels = [positive] * n_pos + [negative] * (n_pat - n_pos)
+    rng.shuffle(labels)
+    return rng, n_pat, labels, _split(labels, rng)

@@ -12,7 +12,7 @@ from pydicom.pixels import convert_color_space
 from pydicom.uid import UltrasoundMultiFrameImageStorage
 from scipy import ndimage as ndi
 
-from .common import _DS, BASE_DATE, _exact_flags, _lowfreq, _rng, _sig, _split, _uid
+from .common import _DS, BASE_DATE, _exact_flags, _lowfreq, _patients, _rng, _sig, _uid
 
 # difficulty knobs. Measured: ImageNet EfficientNet-Lite0 fine-tuned at 128 px on the train split reaches
 # AUROC ~0.92 per study on held-out data; see data/README.md
@@ -25,11 +25,8 @@ US_SHAPE = (240, 320)
 
 
 def us_specs(seed: int = 0, n_scale: float = 1.0) -> list[dict]:
-    rng = _rng(seed, _DS["ultrasound"])
-    n_pat = max(6, round(N_US_PATIENTS * n_scale))
-    labels = ["lesion"] * round(US_POSITIVE * n_pat) + ["normal"] * (n_pat - round(US_POSITIVE * n_pat))
-    rng.shuffle(labels)
-    splits = _split(labels, rng)
+    rng, n_pat, labels, splits = _patients("ultrasound", seed, N_US_PATIENTS, US_POSITIVE, n_scale,
+                                           "lesion", "normal")
     repeat = _exact_flags(rng, n_pat, US_REPEAT)
     specs = [{"patient": p, "image": k, "patient_id": f"U{p + 1:04d}", "label": labels[p], "split": splits[p],
               "seed": seed} for p in range(n_pat) for k in range(2 if repeat[p] else 1)]
