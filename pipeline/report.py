@@ -114,7 +114,7 @@ def write_outputs(cfg, run_dir: Path, prep, results, tracker) -> dict:
         test_summary = compute_metrics(task.type, y_t, p_t, task.classes, threshold, bins)
         test_summary["ci95"] = bootstrap_ci(task.type, y_t, p_t, task.classes, [t["patient_id"] for t in test],
                                             threshold, n=cfg.report.bootstrap, seed=cfg.cv.seed, bins=bins)
-        test_summary["n_models"] = len(tests)
+        test_summary["n_models"] = sum(t.get("n_models", 1) for t in tests)  # seed ensembles count each model
         _write_predictions(run_dir / "test_predictions.csv", test, task, with_fold=False)
 
     summary = {
