@@ -182,6 +182,17 @@ def test_fast_delong_matches_the_pairwise_reference(seed):
     assert p == pytest.approx(ref_p, abs=1e-6)
 
 
+def test_rank_auroc_equals_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.stats import auroc
+
+    rng = np.random.default_rng(3)
+    y, p = rng.integers(0, 2, 50), np.round(rng.random(50), 1)
+    assert auroc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert auroc(np.zeros(5), p[:5]) is None
+
+
 def test_compare_identical_runs_gives_zero_difference_with_zero_width_ci(seeds_run, tmp_path, capsys):
     twin = tmp_path / "twin"
     shutil.copytree(seeds_run, twin, ignore=shutil.ignore_patterns("*.pt", "tensorboard"))
