@@ -88,6 +88,19 @@ def fold_checkpoint_path(run_dir: Path, fold: int) -> Path:
     return Path(run_dir) / f"fold_{fold}" / BEST
 
 
+def seed_dir(run_dir: Path, seed: int, n_seeds: int) -> Path:
+    """Where one seed's fold folders live: the run folder itself for a single seed (fold_K/, as always), and
+    seed_S/ (S the training seed) for each seed when the CV is repeated (train.repeats > 1)."""
+    return Path(run_dir) if n_seeds == 1 else Path(run_dir) / f"seed_{seed}"
+
+
+def _checkpoint_paths(run_dir: Path) -> list[tuple[int | None, Path]]:
+    """(seed or None for the single-seed layout, path) of every fold checkpoint, by seed then fold."""
+    found = [(None, p) for p in run_dir.glob(f"fold_*/{BEST}")]
+    found += [(int(p.parent.parent.name.split("_")[1]), p) for p in run_dir.glob(f"seed_*/fold_*/{BEST}")]
+    return sorted(found, key=lambda sp: (sp[0] if sp[0] is not None else -1, int(sp[1].parent.name.split("_")[1])))
+
+
 @dataclass(frozen=True)
 class FinishedRun:
     """What a finished run folder offers to inference: its config, fold checkpoints and operating point."""
@@ -96,6 +109,7 @@ class FinishedRun:
     cfg: Config
     checkpoints: tuple[FoldCheckpoint, ...]
     threshold: float  # the run's operating point (summary.json), 0.5 before the run chose one
+    seeds: tuple[int, ...] = ()  # training seeds whose fold models are in `checkpoints` (seed-major order)
 
     @property
     def task(self) -> TaskConfig:
@@ -113,15 +127,17 @@ def load_run(run_dir: Path, folds: list[int] | None = None) -> FinishedRun:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}: no config.yaml there (not a run folder)")
-    paths = sorted(run_dir.glob(f"fold_*/{BEST}"), key=lambda p: int(p.parent.name.split("_")[1]))
+    paths = _checkpoint_paths(run_dir)
     if not paths:
         raise ConfigError(f"{run_dir}: no fold_K/{BEST} checkpoints (not a finished run folder)")
-    ckpts = [load_checkpoint(p) for p in paths]
+    cfg = load_config(str(run_dir / "config.yaml"))
+    seeded = [(cfg.train.seed if s is None else s, load_checkpoint(p)) for s, p in paths]
     if folds is not None:
-        missing = sorted(set(folds) - {c.fold for c in ckpts})
+        missing = sorted(set(folds) - {c.fold for _, c in seeded})
         if missing:
             raise ConfigError(f"--fold {missing[0]}: no fold_{missing[0]}/{BEST} in {run_dir}")
-        ckpts = [c for c in ckpts if c.fold in folds]
+        seeded = [(s, c) for s, c in seeded if c.fold in folds]
     summary = run_dir / "summary.json"
     threshold = json.loads(summary.read_text()).get("threshold", 0.5) if summary.is_file() else 0.5
-    return FinishedRun(run_dir, load_config(str(run_dir / "config.yaml")), tuple(ckpts), float(threshold))
+    return FinishedRun(run_dir, cfg, tuple(c for _, c in seeded), float(threshold),
+                       seeds=tuple(dict.fromkeys(s for s, _ in seeded)))

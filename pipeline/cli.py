@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, action="append", help="run only this fold (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="validate config and data, write splits, stop")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--seeds", type=int, metavar="N", help="repeat the whole CV with training seeds seed .. seed+N-1 "
+                   "on the same folds (sets train.repeats)")
     return p
 
 
@@ -48,6 +50,8 @@ def _run_dir(args, cfg: Config) -> Path:
 @exits_on_error(interrupted="interrupted; continue with --resume RUN_DIR")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.seeds is not None:
+        args.overrides.append(f"train.repeats={args.seeds}")
     setup_logging(quiet=args.quiet)
     log = logger.info
     if args.resume:
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = distributed.broadcast(run_dir, dist)
     from .report import format_table
     from .run import run
+    from .seeds import format_seeds
 
     t0 = time.perf_counter()
     summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume), dry_run=args.dry_run,
@@ -80,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if summary is not None:
         log("")
         log(format_table(summary))
+        if format_seeds(summary):
+            log(format_seeds(summary))
         log(f"\ndone in {time.perf_counter() - t0:.0f}s; results in {run_dir} "
             f"(report.md, summary.json; tensorboard --logdir {run_dir / 'tensorboard'})")
     return 0

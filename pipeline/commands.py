@@ -12,6 +12,8 @@ import sys
 COMMANDS = {
     "train": ("pipeline.cli", "cross-validated fine-tuning on a config (what train.py runs)"),
     "predict": ("pipeline.tools.predict", "score new images with the fold ensemble of a finished run"),
+    "evaluate": ("pipeline.tools.evaluate", "score a labelled (external) manifest with a finished run, at its threshold"),
+    "compare": ("pipeline.tools.compare", "runs side by side, paired bootstrap and DeLong tests of every pair"),
     "export": ("pipeline.tools.export", "TorchScript file of a run's fold model(s), normalisation baked in"),
     "audit": ("pipeline.tools.audit", "formats, labels per fold, duplicates and leaks of a data set"),
     "index": ("pipeline.tools.index_dicom", "manifest CSV from a folder of DICOM files"),

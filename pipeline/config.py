@@ -168,6 +168,9 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = True
     seed: int = 42
+    # repeat the whole cross-validation with training seeds seed, seed+1, ... on the same folds (cv.seed):
+    # seed-to-seed spread is the noise a comparison between two settings has to beat (--seeds N)
+    repeats: int = Field(1, ge=1)
     monitor: Literal[MONITORS] = "auroc"
     class_weights: Literal["none", "balanced"] = "none"
     stages: list[StageConfig] = Field(default_factory=_default_stages, min_length=1)

@@ -1,5 +1,11 @@
 """Patient-grouped, label-stratified folds (scikit-learn's StratifiedGroupKFold) and the held-out test set.
 
+A manifest with a `fold` column (published folds, as public data sets ship them) replaces StratifiedGroupKFold:
+the fold is a property of the patient (a patient in two folds is an error naming it; a patient's rows with a
+blank fold follow its other rows), the distinct fold values in sorted order become folds 0..k-1, and their
+number overrides cv.folds. Patients with no fold at all and no `split: test` are left out of cross-validation
+with a warning. The test set is still the manifest's `split: test` rows (cv.test_fraction is not used then).
+
 Splitting happens on patients, never on images: every image (and every frame) of a patient is in exactly one
 fold's validation set, or in the test set. `Splits` (what splits.json holds) is the one owner of fold and test
 membership; samples carry only the split the manifest asked for.
@@ -18,6 +24,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from .config import Config
 from .errors import DataError
 from .manifest import Sample
+from .tracking import log
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,42 @@ def _test_patients(samples: Sequence[Sample], cfg: Config) -> set[str]:
     return set(groups[test_idx])
 
 
+def _published_folds(samples: Sequence[Sample], cfg: Config) -> Splits:
+    test = {s.patient_id for s in samples if s.split == "test"}
+    leaked = test & {s.patient_id for s in samples if s.split != "test"}
+    if leaked:
+        raise DataError(f"patients in both train and test splits of the manifest: {sorted(leaked)[:5]}")
+    fold_of: dict[str, int] = {}
+    for s in samples:
+        if s.fold is None:
+            continue
+        if s.patient_id in test:
+            raise DataError(f"manifest row {s.row}: patient '{s.patient_id}' is in the test split and in fold {s.fold}; "
+                            "test rows take no fold")
+        if fold_of.setdefault(s.patient_id, s.fold) != s.fold:
+            raise DataError(f"patient '{s.patient_id}' is in two folds of the manifest's fold column "
+                            f"({fold_of[s.patient_id]} and {s.fold}, row {s.row})")
+    values = sorted(set(fold_of.values()))
+    if len(values) < 2:
+        raise DataError(f"fold column: cross-validation needs at least 2 distinct folds, found {values}")
+    if values != list(range(len(values))):
+        log.info(f"fold column: folds {values} are numbered 0..{len(values) - 1} in that order")
+    if len(values) != cfg.cv.folds:
+        log.info(f"fold column: {len(values)} folds (the column's, not cv.folds={cfg.cv.folds})")
+    unassigned = {s.patient_id for s in samples} - test - set(fold_of)
+    if unassigned:
+        log.warning(f"warning: {len(unassigned)} patients have a blank fold and are not in the test split; they "
+                    f"are left out of cross-validation (e.g. {sorted(unassigned)[:3]})")
+    index = {v: k for k, v in enumerate(values)}
+    patients = sorted(fold_of)
+    folds = tuple(Fold(k, tuple(p for p in patients if index[fold_of[p]] != k),
+                       tuple(p for p in patients if index[fold_of[p]] == k)) for k in range(len(values)))
+    return Splits(folds=folds, test_patients=tuple(sorted(test)), seed=cfg.cv.seed)
+
+
 def make_splits(samples: Sequence[Sample], cfg: Config) -> Splits:
+    if any(s.fold is not None for s in samples):
+        return _published_folds(samples, cfg)
     test_patients = _test_patients(samples, cfg)
     dev = [s for s in samples if s.patient_id not in test_patients]
     groups = np.array([s.patient_id for s in dev])

@@ -19,6 +19,7 @@ from torch import nn
 
 from .checkpoint import FinishedRun
 from .config import TaskConfig
+from .datasets import dequantize, quantize
 from .errors import DataError, ImageReadError
 from .manifest import expand_frames, reader_options
 from .outputs import class_columns, probabilities
@@ -81,6 +82,9 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
     or with on_error='skip' are listed and the rest is scored."""
     cfg, opts = run.cfg, reader_options(run.cfg)
     chain = load_transforms(cfg, opts)
+    # a run that cached its images saw them as 16-bit fixed point (datasets.quantize): the same rounding here
+    # makes scores reproduce the run's own test predictions (it moves probabilities by ~1e-5)
+    as_trained = (lambda x: dequantize(quantize(torch.as_tensor(x)))) if cfg.data.cache == "memory" else (lambda x: x)
     module = build_ensemble(run)
     pending: list[torch.Tensor] = []  # decoded frames waiting for a full batch: memory stays one batch
     outputs: list[np.ndarray] = []
@@ -101,7 +105,7 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
     for path, frame in items:
         try:
             frames = expand_frames(Path(path), "" if frame is None else str(frame), cfg, opts)
-            decoded = [chain({"image": path, "frame": f})["image"] for f in frames]
+            decoded = [as_trained(chain({"image": path, "frame": f})["image"]) for f in frames]
         except Exception as exc:  # any reader failure of one file: named, and skippable
             if on_error != "skip":
                 raise DataError(f"{path}: {_reason(exc)}") from None

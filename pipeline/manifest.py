@@ -33,6 +33,7 @@ class Sample:
     split: str | None  # 'train' | 'test' as the manifest asks, None when it has no split column
     frame: int | None  # None: the reader's frame policy picks
     row: int  # manifest line, for messages
+    fold: int | None = None  # the manifest's published CV fold (`fold` column); None: blank or no such column
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -183,6 +184,7 @@ def load_manifest(cfg: Config) -> Manifest:
     opts = reader_options(cfg)
     has_pid = cfg.data.patient_column in columns
     has_split = "split" in columns
+    has_fold = "fold" in columns
     samples: list[Sample] = []
     skipped: list[Skipped] = []
     unknown_patients = 0
@@ -200,6 +202,13 @@ def load_manifest(cfg: Config) -> Manifest:
             split = (rec.get("split") or "train").strip().lower() if has_split else None
             if split not in ("train", "test", None):
                 raise DataError(f"{where}: split must be 'train' or 'test', got '{split}'")
+            fold_text = (rec.get("fold") or "").strip() if has_fold else ""
+            try:
+                fold = int(float(fold_text)) if fold_text else None  # 3 or 3.0 (a spreadsheet's export)
+            except (ValueError, OverflowError):
+                raise DataError(f"{where}: fold must be an integer or blank, got '{fold_text}'") from None
+            if fold is not None and (fold < 0 or fold != float(fold_text)):
+                raise DataError(f"{where}: fold must be a non-negative integer or blank, got '{fold_text}'")
             pid = (rec.get(cfg.data.patient_column) or "").strip() if has_pid else ""
             if not pid:
                 pid = _patient_from_path(regex, image_text)
@@ -220,7 +229,7 @@ def load_manifest(cfg: Config) -> Manifest:
             samples.append(Sample(image=str(image), image_text=image_text,
                                   target=tuple(target) if isinstance(target, list) else target, label=label,
                                   patient_id=pid or image_text, patient_known=bool(pid), split=split,
-                                  frame=frame, row=line))
+                                  frame=frame, row=line, fold=fold))
     if not samples:
         raise DataError(f"{path}: no usable rows ({len(skipped)} skipped; see skipped.csv)")
     source = "column" if has_pid else "regex" if regex else "dicom"

@@ -53,21 +53,35 @@ def _arrays(items, task_type):
     return y, p
 
 
-def _write_predictions(path: Path, items, task, with_fold: bool):
+def _write_predictions(path: Path, items, task, with_fold: bool, predicted: list[str] | None = None):
+    """One row per image; `predicted` (the decision at the run's threshold) adds a last column."""
     probs = class_matrix(task, [it["prob"] for it in items])
     fields = ["image", "patient_id"] + (["fold"] if with_fold else []) + ["frames", "label"]
     if task.type == "multilabel":
         fields += [f"label_{c}" for c in task.classes]
-    fields += probability_fields(task)
+    fields += probability_fields(task) + (["predicted"] if predicted is not None else [])
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(fields)
-        for it, pr in zip(items, probs, strict=True):
+        for j, (it, pr) in enumerate(zip(items, probs, strict=True)):
             row = [it["image"], it["patient_id"]] + ([it["fold"]] if with_fold else []) + [it["frames"], it["label"]]
             if task.type == "multilabel":
                 row += ["" if np.isnan(v) else int(v) for v in it["target"]]
-            row += [f"{v:.6f}" for v in pr]
+            row += [f"{v:.6f}" for v in pr] + ([predicted[j]] if predicted is not None else [])
             w.writerow(row)
+
+
+def score_items(cfg, items, threshold: float, n_models: int) -> dict:
+    """summary.json's `test` block for scored images (`_aggregate` items): metrics at the given threshold, the
+    patient-bootstrap ci95 and the number of models. write_outputs and `graystem evaluate` both use it, so an
+    external set's block has exactly the shape and the computation of the run's own test block."""
+    task, bins = cfg.task, cfg.report.calibration_bins
+    y, p = _arrays(items, task.type)
+    block = compute_metrics(task.type, y, p, task.classes, threshold, bins)
+    block["ci95"] = bootstrap_ci(task.type, y, p, task.classes, [it["patient_id"] for it in items], threshold,
+                                 n=cfg.report.bootstrap, seed=cfg.cv.seed, bins=bins)
+    block["n_models"] = n_models  # a seed ensemble counts every seed's fold models
+    return block
 
 
 def _mean_std(fold_metrics: list[dict]):
@@ -110,11 +124,7 @@ def write_outputs(cfg, run_dir: Path, prep, results, tracker) -> dict:
         # fold ensemble: mean probability of the fold models on the held-out patients
         idx, probs = fold_ensemble(tests)
         test = _aggregate(rows, idx, list(probs))
-        y_t, p_t = _arrays(test, task.type)
-        test_summary = compute_metrics(task.type, y_t, p_t, task.classes, threshold, bins)
-        test_summary["ci95"] = bootstrap_ci(task.type, y_t, p_t, task.classes, [t["patient_id"] for t in test],
-                                            threshold, n=cfg.report.bootstrap, seed=cfg.cv.seed, bins=bins)
-        test_summary["n_models"] = len(tests)
+        test_summary = score_items(cfg, test, threshold, sum(t.get("n_models", 1) for t in tests))
         _write_predictions(run_dir / "test_predictions.csv", test, task, with_fold=False)
 
     summary = {

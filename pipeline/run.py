@@ -16,7 +16,7 @@ from monai.utils import set_determinism
 from torch.utils.data import DistributedSampler
 
 from . import distributed
-from .checkpoint import FoldCheckpoint, fold_checkpoint_path, save_checkpoint
+from .checkpoint import FoldCheckpoint, fold_checkpoint_path, save_checkpoint, seed_dir
 from .config import Config
 from .cv import Splits, load_splits, make_splits, save_splits
 from .datasets import Decoded, decode_samples, sample_dataset
@@ -24,7 +24,7 @@ from .engine import make_loss, predict
 from .errors import ConfigError
 from .manifest import Manifest, Skipped, load_manifest
 from .models import build_model
-from .report import write_outputs
+from .seeds import seed_config, training_seeds, write_seed_outputs
 from .stages import FoldState, TrainContext, run_stage
 from .tracking import Tags, Tracker, log
 from .transforms import sample_transforms
@@ -176,24 +176,33 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
         log.info(f"dry run: config and data are valid; {len(prep.decoded.samples)} samples, "
                  f"{prep.splits.n_folds} folds, {n_test} test samples, {len(prep.skipped)} skipped")
         return None
-    todo = folds if folds is not None else list(range(cfg.cv.folds))
+    n_folds = prep.splits.n_folds  # cv.folds, or the number of folds the manifest's fold column publishes
+    todo = folds if folds is not None else list(range(n_folds))
     for k in todo:
-        if not 0 <= k < cfg.cv.folds:
-            raise ConfigError(f"--fold {k}: must be between 0 and {cfg.cv.folds - 1} (cv.folds)")
+        if not 0 <= k < n_folds:
+            raise ConfigError(f"--fold {k}: must be between 0 and {n_folds - 1} (cv.folds or the fold column)")
     tracker = Tracker(run_dir, enabled=dist.is_main)
     # the resolved config beside the curves, so a TensorBoard view says what produced them
     config_file = run_dir / "config.yaml"
     tracker.text(Tags.CONFIG, "```\n" + config_file.read_text() + "\n```" if config_file.exists() else "")
-    results = []
+    seeds = training_seeds(cfg)
+    per_seed: dict[int, list[dict]] = {}
     try:
-        for k in todo:
-            done = run_dir / f"fold_{k}" / "result.json"
-            if resume and done.exists():
-                log.info(f"fold {k}: already finished, reusing {done}")
-                results.append(json.loads(done.read_text()))
-                continue
-            results.append(train_fold(cfg, k, prep, run_dir, device, tracker, dist))
-        summary = write_outputs(cfg, run_dir, prep, results, tracker) if dist.is_main else None
+        for seed in seeds:
+            # the same folds for every seed; fold_K/ for one seed, seed_S/fold_K/ when repeated
+            base, scfg = seed_dir(run_dir, seed, len(seeds)), seed_config(cfg, seed)
+            if seed != cfg.train.seed:
+                set_determinism(seed=seed)
+                log.info(f"seed {seed} ({seed - cfg.train.seed + 1} of {len(seeds)})")
+            results = per_seed[seed] = []
+            for k in todo:
+                done = base / f"fold_{k}" / "result.json"
+                if resume and done.exists():
+                    log.info(f"fold {k}: already finished, reusing {done}")
+                    results.append(json.loads(done.read_text()))
+                    continue
+                results.append(train_fold(scfg, k, prep, base, device, tracker, dist))
+        summary = write_seed_outputs(cfg, run_dir, prep, per_seed, tracker) if dist.is_main else None
     finally:
         tracker.close()
     return summary

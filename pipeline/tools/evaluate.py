@@ -1,0 +1,132 @@
+"""Score a labelled (external) manifest with a finished run: its fold ensemble, preprocessing and threshold.
+
+    graystem evaluate RUN_DIR --manifest external.csv [--out DIR] [--on-error skip]
+
+The manifest has the training format (image, label, patient_id, optional frame; split and fold columns are
+ignored: every row is scored) and is read with the run's own config, only data.manifest replaced, so labels
+must be among the run's classes and files are read, framed and resized as in training. Frames of a cine are
+scored one by one and averaged per file, as the run did. The operating point is the run's (summary.json
+`threshold`) and is never re-tuned on the external data. Writes RUN_DIR/eval_<manifest name>/ (or --out):
+predictions.csv, summary.json (a `test` block of the run's own shape: metrics, ci95 from a patient bootstrap,
+n), roc.png, calibration.png and report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..checkpoint import load_run
+from ..errors import ConfigError, exits_on_error
+from ..inference import predicted_label, score_files
+from ..manifest import load_manifest
+from ..outputs import class_matrix
+from ..report import _aggregate, _write_predictions, score_items
+from ..report_md import _plots
+from ..tracking import log, setup_logging
+from ..vocab import METRICS
+
+
+def _per_sample_scores(samples, scores, skipped) -> tuple[list[int], list]:
+    """Map score_files' kept items back to samples. Items of one file are consecutive; a file with any frame
+    skipped is left out whole (a mean over the frames that happened to read would not be the training score)."""
+    indices, probs = [], []
+    si = ki = i = 0
+    while i < len(samples):
+        j = i
+        while j < len(samples) and samples[j].image == samples[i].image:
+            j += 1
+        n_skip = 0
+        while ki < len(skipped) and n_skip < j - i and skipped[ki]["image"] == samples[i].image:
+            ki, n_skip = ki + 1, n_skip + 1
+        group = scores[si:si + (j - i - n_skip)]
+        si += j - i - n_skip
+        if n_skip == 0:
+            indices += list(range(i, j))
+            probs += [s.probs for s in group]
+        i = j
+    return indices, probs
+
+
+def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: str | None = None,
+             progress: bool = False) -> dict:
+    run = load_run(run_dir)
+    data = run.cfg.data.model_copy(update={"manifest": str(Path(manifest).resolve()), "root": None, "demo": None,
+                                           **({"on_error": on_error} if on_error else {})})
+    cfg = run.cfg.model_copy(update={"data": data})
+    loaded = load_manifest(cfg)
+    samples = list(loaded.samples)
+    scores, skipped = score_files(run, [(s.image, s.frame) for s in samples], on_error=cfg.data.on_error,
+                                  progress=progress)
+    indices, probs = _per_sample_scores(samples, scores, skipped)
+    if not indices:
+        raise ConfigError(f"--manifest {manifest}: no image could be scored ({len(skipped)} skipped)")
+    task = run.task
+    if task.type == "binary":  # the run's own score form: p(positive) for binary, class vectors otherwise
+        probs = [p[task.classes.index(task.positive)] for p in probs]
+    items = _aggregate(samples, indices, probs)
+    block = score_items(cfg, items, run.threshold, len(run.checkpoints))
+
+    out = Path(out) if out else Path(run_dir) / f"eval_{Path(manifest).stem}"
+    out.mkdir(parents=True, exist_ok=True)
+    decided = [predicted_label(task, row, run.threshold) for row in class_matrix(task, [it["prob"] for it in items])]
+    _write_predictions(out / "predictions.csv", items, task, with_fold=False, predicted=decided)
+    all_skipped = [s.as_dict() for s in loaded.skipped] + skipped
+    summary = {
+        "run": str(Path(run_dir).resolve()), "manifest": str(Path(manifest).resolve()), "task": task.name,
+        "type": task.type, "classes": task.classes, "positive_class": task.positive if task.type == "binary" else None,
+        "threshold": run.threshold, "threshold_source": "the run's summary.json (not re-tuned on this set)",
+        "unit": "image (frames averaged)" if len(items) < len(indices) else "image",
+        "n_samples": len(indices), "n_images": len(items), "n_patients": len({it["patient_id"] for it in items}),
+        "n_skipped": len(all_skipped), "skipped": all_skipped, "seeds": list(run.seeds), "test": block,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_report(out, summary, items, cfg)
+    return summary
+
+
+def _write_report(out: Path, summary: dict, items, cfg) -> None:
+    t, fmt = summary["test"], (lambda v: "n/a" if v is None else f"{v:.3f}")  # noqa: E731
+    lines = [f"# External evaluation of {Path(summary['run']).name} on {Path(summary['manifest']).name}", "",
+             f"{summary['n_images']} images from {summary['n_patients']} patients ({summary['n_skipped']} skipped); "
+             f"ensemble of {t['n_models']} fold models; threshold {summary['threshold']:.3f} from the run "
+             "(not re-tuned here). Unit of analysis: " + summary["unit"] + ".", "",
+             "| metric | value | 95% CI (patient bootstrap) |", "|---|---|---|"]
+    for k in METRICS:
+        c = t.get("ci95", {}).get(k)
+        lines.append(f"| {k} | {fmt(t.get(k))} | {f'{c[0]:.3f} – {c[1]:.3f}' if c else ''} |")
+    for png in _plots(out, None, items, summary["type"], summary["classes"], cfg.report.calibration_bins,
+                      summary.get("positive_class")):
+        lines += ["", f"![{png[:-4]}]({png})"]
+    lines += ["", "Files: `predictions.csv`, `summary.json`.", ""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+@exits_on_error
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--manifest", type=Path, required=True, help="labelled CSV in the training manifest format")
+    ap.add_argument("--out", type=Path, help="output folder (default RUN_DIR/eval_<manifest name>)")
+    ap.add_argument("--on-error", choices=["raise", "skip"], help="unreadable files (default: the run's data.on_error)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    setup_logging(quiet=args.quiet)
+    if not args.manifest.is_file():
+        raise ConfigError(f"--manifest {args.manifest}: file not found")
+    s = evaluate(args.run_dir, args.manifest, args.out, args.on_error, progress=not args.quiet)
+    t = s["test"]
+    ci = t.get("ci95", {}).get("auroc")
+    auroc = "n/a" if t.get("auroc") is None else f"{t['auroc']:.3f}"
+    log.info(f"{s['n_images']} images, {s['n_patients']} patients: AUROC {auroc}"
+             + (f" (95% CI {ci[0]:.3f} - {ci[1]:.3f})" if ci and t.get("auroc") is not None else "")
+             + f" at threshold {s['threshold']:.3f}; results in {args.out or args.run_dir / ('eval_' + args.manifest.stem)}")
+    for sk in s["skipped"]:
+        print(f"skipped: {sk['image']}: {sk['reason']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""Results a paper can stand on: published folds, repeated seeds, external evaluation, paired comparisons."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from pipeline.checkpoint import load_run
+from pipeline.cli import main as train_main
+from pipeline.config import load_config
+from pipeline.cv import make_splits
+from pipeline.demo import make_demo
+from pipeline.manifest import load_manifest
+from pipeline.stats import delong_test
+from pipeline.tools.compare import compare
+from pipeline.tools.compare import main as compare_main
+from pipeline.tools.evaluate import main as evaluate_main
+from pipeline.tools.predict import predict_files
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    make_demo(root, which=("chest_xray", "ultrasound"), n_scale=0.25)
+    return root
+
+
+@pytest.fixture(scope="module")
+def seeds_run(demo, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "smoke_seeds"
+    rc = train_main(["--config", "smoke", "--set", f"data.manifest={demo / 'chest_xray' / 'labels.csv'}",
+                     "--output-dir", str(run), "--seeds", "2", "--quiet"])
+    assert rc == 0
+    return run
+
+
+# ---------- published folds ----------
+
+def _with_folds(demo: Path, name: str, fold_of) -> Path:
+    rows = _rows(demo / "chest_xray" / "labels.csv")
+    for r in rows:
+        r["fold"] = "" if r["split"] == "test" else fold_of(r)
+    return _write(demo / "chest_xray" / name, rows)  # beside the images: relative paths resolve
+
+
+def test_fold_column_is_honoured_exactly(demo, tmp_path):
+    # fold values 1, 3, 7 (not 0..k-1) and three folds although the smoke config says cv.folds: 2
+    values = [1, 3, 7]
+    path = _with_folds(demo, "folds3.csv", lambda r: str(values[int(r["patient_id"][1:]) % 3]))
+    cfg = load_config("smoke", [f"data.manifest={path}"])
+    samples = load_manifest(cfg).samples
+    splits = make_splits(samples, cfg)
+    assert splits.n_folds == 3
+    for k, v in enumerate(values):  # sorted fold values become folds 0..k-1
+        expected = {s.patient_id for s in samples if s.fold == v}
+        assert set(splits.folds[k].val_patients) == expected
+        assert set(splits.folds[k].train_patients) == {s.patient_id for s in samples if s.fold not in (v, None)}
+    assert set(splits.test_patients) == {s.patient_id for s in samples if s.split == "test"}
+
+
+def test_patient_in_two_folds_is_refused_with_one_line(demo, tmp_path, capsys):
+    path = _with_folds(demo, "folds_twin.csv", lambda r: str(int(r["patient_id"][1:]) % 2))
+    rows = _rows(path)
+    twin = next(r for r in rows if r["split"] == "train")
+    rows.append({**twin, "fold": str(1 - int(twin["fold"]))})  # the same patient again, in the other fold
+    _write(path, rows)
+    rc = train_main(["--config", "smoke", "--set", f"data.manifest={path}", "--output-dir", str(tmp_path / "run"),
+                     "--dry-run", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert twin["patient_id"] in err and "two folds" in err
+
+
+# ---------- repeated seeds ----------
+
+def test_two_seeds_give_two_sets_of_fold_results_and_their_mean(seeds_run):
+    summary = json.loads((seeds_run / "summary.json").read_text())
+    assert [s["seed"] for s in summary["seeds"]] == [42, 43]
+    for s in summary["seeds"]:
+        assert [f["fold"] for f in s["folds"]] == [0, 1]
+        assert (seeds_run / f"seed_{s['seed']}" / "fold_1" / "best.pt").is_file()
+        assert s["test"]["auroc"] is not None
+    per_seed = [s["mean"]["auroc"] for s in summary["seeds"]]
+    assert summary["seeds_mean"]["cv"]["auroc"] == pytest.approx(np.mean(per_seed))
+    assert summary["seeds_sd"]["cv"]["auroc"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert summary["test"]["n_models"] == 4  # top level: every seed's fold models
+    assert "Repeated seeds" in (seeds_run / "report.md").read_text()
+    run = load_run(seeds_run)
+    assert run.seeds == (42, 43) and len(run.checkpoints) == 4
+
+
+# ---------- external evaluation and predict ----------
+
+def test_evaluate_on_the_runs_own_test_split_reproduces_its_test_metrics(seeds_run, demo, tmp_path):
+    rows = [r for r in _rows(demo / "chest_xray" / "labels.csv") if r["split"] == "test"]
+    manifest = _write(demo / "chest_xray" / "external.csv", rows)  # beside the images, as a real manifest
+    out = tmp_path / "ev"
+    assert evaluate_main([str(seeds_run), "--manifest", str(manifest), "--out", str(out), "--quiet"]) == 0
+    own = json.loads((seeds_run / "summary.json").read_text())
+    ev = json.loads((out / "summary.json").read_text())
+    assert ev["test"]["n"] == own["test"]["n"] == len(rows)
+    assert ev["test"]["auroc"] == pytest.approx(own["test"]["auroc"], abs=1e-6)
+    assert ev["threshold"] == own["threshold"]
+    assert set(ev["test"]["ci95"]) == set(own["test"]["ci95"])
+    preds = _rows(out / "predictions.csv")
+    assert list(preds[0])[:4] == ["image", "patient_id", "frames", "label"] and "predicted" in preds[0]
+    for name in ("roc.png", "calibration.png", "report.md"):
+        assert (out / name).is_file(), name
+
+
+@pytest.fixture(scope="module")
+def ultrasound_run(demo, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "us"
+    rc = train_main(["--config", "ultrasound", "--set", f"data.manifest={demo / 'ultrasound' / 'labels.csv'}",
+                     "--set", "data.image_size=64", "--set", "data.frames=all", "--set", "cv.folds=2",
+                     "--set", "train.stages.0.epochs=1", "--set", "train.stages.1.epochs=1",
+                     "--set", "report.bootstrap=20", "--output-dir", str(run), "--quiet"])
+    assert rc == 0
+    return run
+
+
+def test_predict_on_ultrasound_cines_reproduces_the_runs_test_predictions(ultrasound_run, demo):
+    test = _rows(ultrasound_run / "test_predictions.csv")
+    assert any(int(r["frames"]) > 1 for r in test)  # cines: every frame scored, averaged per file
+    root = demo / "ultrasound"
+    rows, skipped, classes = predict_files(ultrasound_run, [(str(root / r["image"]), None) for r in test])
+    assert not skipped and classes == ["normal", "lesion"]
+    threshold = json.loads((ultrasound_run / "summary.json").read_text())["threshold"]
+    for r, p in zip(test, rows, strict=True):
+        assert p["frames"] == int(r["frames"])
+        assert abs(p["prob_lesion"] - float(r["prob_lesion"])) < 1e-5, r["image"]
+        assert p["predicted"] == ("lesion" if p["prob_lesion"] >= threshold else "normal")
+
+
+# ---------- paired comparison ----------
+
+def _delong_reference(y, a, b):
+    """DeLong, DeLong & Clarke-Pearson (1988) as written: structural components from explicit pairwise
+    comparisons of every positive with every negative, O(n * m)."""
+    y = np.asarray(y)
+    comps, aucs = [], []
+    for s in (np.asarray(a), np.asarray(b)):
+        x, z = s[y == 1], s[y == 0]
+        psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+        aucs.append(psi.mean())
+        comps.append((psi.mean(1), psi.mean(0)))  # V10 per positive, V01 per negative
+    m, n = (y == 1).sum(), (y == 0).sum()
+    s10 = np.cov(np.vstack([comps[0][0], comps[1][0]]))
+    s01 = np.cov(np.vstack([comps[0][1], comps[1][1]]))
+    cov = s10 / m + s01 / n
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    return aucs[1] - aucs[0], 2 * norm.sf(abs(aucs[1] - aucs[0]) / np.sqrt(var))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_delong_matches_the_pairwise_reference(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 80)
+    a = np.round(rng.normal(y * 0.8, 1.0), 1)  # rounded: many ties, within and across classes
+    b = np.round(0.5 * a + rng.normal(y * 0.6, 1.0), 1)
+    diff, p = delong_test(y, a, b)
+    ref_diff, ref_p = _delong_reference(y, a, b)
+    assert diff == pytest.approx(ref_diff, abs=1e-12)
+    assert p == pytest.approx(ref_p, abs=1e-6)
+
+
+def test_rank_auroc_equals_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.stats import auroc
+
+    rng = np.random.default_rng(3)
+    y, p = rng.integers(0, 2, 50), np.round(rng.random(50), 1)
+    assert auroc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert auroc(np.zeros(5), p[:5]) is None
+
+
+def test_compare_identical_runs_gives_zero_difference_with_zero_width_ci(seeds_run, tmp_path, capsys):
+    twin = tmp_path / "twin"
+    shutil.copytree(seeds_run, twin, ignore=shutil.ignore_patterns("*.pt", "tensorboard"))
+    assert compare_main([str(seeds_run), str(twin), "--bootstrap", "200", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in out["runs"]] == [seeds_run.name, "twin"]
+    (pair,) = out["pairs"]
+    assert set(pair) >= {"a", "b", "metric", "diff", "ci95", "p_value", "delong_p"}
+    assert pair["diff"] == 0 and pair["ci95"] == [0.0, 0.0] and pair["p_value"] == 1.0 and pair["delong_p"] == 1.0
+    oof = compare([seeds_run, twin], on="oof", n_boot=50)
+    assert oof["pairs"][0]["diff"] == 0 and oof["pairs"][0]["ci95"] == [0.0, 0.0]
+
+
+def test_compare_refuses_runs_with_different_test_patients(seeds_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(seeds_run, other, ignore=shutil.ignore_patterns("*.pt", "tensorboard"))
+    rows = _rows(other / "test_predictions.csv")
+    _write(other / "test_predictions.csv", rows[1:])  # one test image (and its patient) fewer
+    assert compare_main([str(seeds_run), str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "test patients differ" in err
