@@ -144,8 +144,12 @@ def check_rows(cfg: Config, samples: tuple[Sample, ...]) -> None:
                             f"patients {patients[0]} and {patients[1]} (rows {rows}): its images would land in "
                             "different folds (a leak); give the rows one patient id or remove one")
     problems = []
-    seen: dict = {}
-    dups = [(seen.setdefault(s.key, s.row), s.row) for s in samples if seen.get(s.key, s.row) != s.row]
+    first_row: dict = {}
+    dups = []
+    for s in samples:
+        row = first_row.setdefault(s.key, s.row)
+        if row != s.row:
+            dups.append((row, s.row))
     if dups:
         first, second = dups[0]
         problems.append(f"{len(dups)} duplicate manifest rows (same image and frame), e.g. rows {first} and "
