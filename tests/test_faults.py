@@ -351,7 +351,7 @@ def test_predict_skips_bad_files_with_the_readers_reason(trained, demo, tmp_path
 
     cases = [c for c in FILE_CASES if c[0] in BROKEN_DICOM or c[0] == "nifti_nan_inf"]
     bad = []
-    for name, make, fname, _, text in cases:
+    for _name, make, fname, _, text in cases:
         path = tmp_path / fname
         make(demo, path)
         bad.append((path, text))
@@ -393,3 +393,12 @@ def test_nan_loss_names_fold_stage_epoch_and_keeps_finished_folds(demo, tmp_path
     assert "fold 1, stage 'head', epoch 1" in line and "step 1" in line and "fp32" in line
     assert (out / "fold_0" / "result.json").is_file()
     assert load_checkpoint(out / "fold_0" / "best.pt").fold == 0  # the finished fold stays usable
+
+
+@pytest.mark.parametrize("name", ["same_file_two_patients", "same_pixels_two_patients"])
+def test_audit_reports_the_leak_with_exit_code_1(name, demo, tmp_path, capsys):
+    from pipeline.tools.audit import main as audit_main
+
+    manifest = _write(tmp_path / "labels.csv", _table_case(demo, tmp_path, name))
+    rc = audit_main(["--config", "smoke", "--set", f"data.manifest={manifest}", "--out", str(tmp_path / "audit")])
+    assert rc == 1 and "LEAK FOUND" in capsys.readouterr().out
