@@ -8,6 +8,7 @@ and read with `weights_only=True`, which refuses pickled code.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from .config import Config, ModelConfig, TaskConfig, load_config
-from .errors import ConfigError
+from .errors import ConfigError, PipelineError
 from .stems import Normalization
 
 BEST = "best.pt"
@@ -68,8 +69,11 @@ def atomic_save(obj, path: Path) -> None:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise PipelineError(f"{path}: disk full while writing (nothing half-written is left); free space "
+                                "and continue with --resume") from None
         raise
 
 

@@ -11,12 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import distributed
+from . import distributed, privacy
 from .cliargs import add_config_arguments
 from .config import Config, load_config, save_config
 from .demo import ensure_demo_data
 from .errors import ConfigError, exits_on_error
 from .manifest import resolve_data_path
+from .rundir import cleanup_on_failure
 from .tracking import log as logger
 from .tracking import setup_logging
 
@@ -47,7 +48,7 @@ def _run_dir(args, cfg: Config) -> Path:
     return path
 
 
-@exits_on_error(interrupted="interrupted; continue with --resume RUN_DIR")
+@exits_on_error(interrupted="interrupted")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.seeds is not None:
@@ -66,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     dist, device = distributed.init(cfg.train.device)
     setup_logging(quiet=args.quiet, is_main=dist.is_main)
     # under torchrun rank 0 alone creates the demo data and the run folder, then tells the others
-    run_dir = None
+    run_dir, created = None, False
     if dist.is_main:
         ensure_demo_data(cfg, log)
         run_dir = _run_dir(args, cfg)
+        created = not run_dir.exists()
+        privacy.bind_key(cfg, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         log(f"run folder: {run_dir}")
@@ -79,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     from .seeds import format_seeds
 
     t0 = time.perf_counter()
-    summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume), dry_run=args.dry_run,
-                  dist=dist, device=device)
+    with cleanup_on_failure(run_dir, created and dist.is_main):
+        summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume), dry_run=args.dry_run,
+                      dist=dist, device=device)
     distributed.shutdown(dist)
     if summary is not None:
         log("")

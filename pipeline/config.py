@@ -88,6 +88,11 @@ class DataConfig(Strict):
     intensity: Literal["minmax", "percentile"] = "minmax"
     cache: Literal["memory", "none"] = "memory"
     num_workers: int = Field(0, ge=0)
+    # images whose short side (after any ultrasound crop) is below this are refused: a 1x1 or 5x4000 file is
+    # not an image to learn from (pipeline/checks.py)
+    min_size: int = Field(32, ge=1)
+    # duplicate rows and patients with conflicting labels: a warning line, or an error
+    duplicates: Literal["warn", "error"] = "warn"
 
     # every setting that changes the decoded pixels, before augmentation: checkpoints record them so inference
     # reads files exactly as training did
@@ -190,6 +195,15 @@ class OutputConfig(Strict):
     name: str | None = None  # default: <task.name>-<timestamp>
 
 
+class PrivacyConfig(Strict):
+    # patient ids in every output (splits, predictions, reports, logs) become HMAC-SHA256(key, id)[:16]
+    pseudonymize_ids: bool = False
+    # image paths in outputs become row<N> (file names can carry names: "Patient Mueller.dcm")
+    hide_file_names: bool = False
+    # the secret key, kept beside the run folders, never in one; default <run folder>/../.graystem_key
+    key_file: str | None = None
+
+
 class Config(Strict):
     task: TaskConfig
     data: DataConfig
@@ -199,6 +213,7 @@ class Config(Strict):
     cv: CVConfig = Field(default_factory=CVConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     # where the YAML came from: relative data paths resolve against the working directory first,
     # then against the checkout root when running from one (PROJECT_ROOT)

@@ -18,9 +18,11 @@ import torch
 from monai.data import Dataset
 from monai.transforms import Compose, Lambdad, SelectItemsd
 
+from .checks import where
 from .config import Config
-from .errors import ImageReadError
+from .errors import DataError, error_reason
 from .manifest import Sample, Skipped, reader_options
+from .privacy import shown_image
 from .transforms import load_transforms
 
 # cached images are stored as 16-bit fixed point: half of float32's memory, and a finer step (1.5e-5) than
@@ -48,10 +50,8 @@ class Decoded:
 def _decode_one(chain, sample: Sample):
     try:
         return chain({"image": sample.image, "frame": sample.frame})["image"], None
-    except ImageReadError as exc:
-        return None, exc
-    except Exception as exc:  # a transform failing on odd data still names the file, on one line
-        return None, ImageReadError(sample.image, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # MONAI wraps the reader's ImageReadError: keep the reader's reason, on one line
+        return None, error_reason(exc)
 
 
 def decode_samples(cfg: Config, samples: Sequence[Sample], progress: bool = False) -> Decoded:
@@ -70,8 +70,8 @@ def decode_samples(cfg: Config, samples: Sequence[Sample], progress: bool = Fals
         for sample, (image, error) in zip(samples, results, strict=True):
             if error is not None:
                 if cfg.data.on_error != "skip":
-                    raise error
-                skipped.append(Skipped(sample.image, sample.row, error.reason))
+                    raise DataError(f"{where(cfg, sample.row, sample.image)}: {error}")
+                skipped.append(Skipped(shown_image(cfg, sample), sample.row, error))
                 continue
             kept.append(sample)
             if keep:

@@ -30,6 +30,19 @@ class ImageReadError(DataError):
         super().__init__(f"{self.path}: {self.reason}")
 
 
+def error_reason(exc: BaseException) -> str:
+    """The one-line reason of a failed read: the reader's own ImageReadError reason even where MONAI's Compose
+    wrapped it (RuntimeError "applying transform ..." with the original as __cause__), else 'Type: message' of
+    the innermost cause."""
+    seen = set()
+    while exc.__cause__ is not None and id(exc) not in seen and not isinstance(exc, ImageReadError):
+        seen.add(id(exc))
+        exc = exc.__cause__
+    if isinstance(exc, ImageReadError):
+        return exc.reason
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 def exits_on_error(main=None, *, interrupted: str = "interrupted"):
     """Decorate a `main(argv) -> int` entry point: a PipelineError becomes one line `error: ...` on stderr and
     exit code 2 (no traceback), Ctrl-C prints `interrupted` and gives 130.
@@ -45,8 +58,8 @@ def exits_on_error(main=None, *, interrupted: str = "interrupted"):
             except PipelineError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-            except KeyboardInterrupt:
-                print(interrupted, file=sys.stderr)
+            except KeyboardInterrupt as exc:  # a message given to the interrupt (the run folder) wins
+                print(str(exc) or interrupted, file=sys.stderr)
                 return 130
 
         return entry

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from .checkpoint import FinishedRun
+from .checks import header_problem
 from .config import TaskConfig
 from .datasets import dequantize, quantize
-from .errors import DataError, ImageReadError
+from .errors import DataError, ImageReadError, error_reason
 from .manifest import expand_frames, reader_options
 from .outputs import class_columns, probabilities
 from .stems import Normalization
@@ -66,15 +67,6 @@ class FileScore:
     predicted: str
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ImageReadError):
-        return exc.reason
-    cause = exc.__cause__ or exc  # MONAI's Compose wraps the reader's own error
-    if isinstance(cause, ImageReadError):
-        return cause.reason
-    return " ".join(f"{type(cause).__name__}: {cause}".split())
-
-
 @torch.no_grad()
 def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on_error: str = "raise",
                 batch_size: int = 32, progress: bool = False) -> tuple[list[FileScore], list[dict]]:
@@ -104,12 +96,15 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
         bar = tqdm(total=len(items), desc="read", unit="file", leave=False)
     for path, frame in items:
         try:
+            problem = header_problem(path)  # a header that says "no pixels" is not worth decoding
+            if problem:
+                raise ImageReadError(path, problem)
             frames = expand_frames(Path(path), "" if frame is None else str(frame), cfg, opts)
             decoded = [as_trained(chain({"image": path, "frame": f})["image"]) for f in frames]
         except Exception as exc:  # any reader failure of one file: named, and skippable
             if on_error != "skip":
-                raise DataError(f"{path}: {_reason(exc)}") from None
-            skipped.append({"image": path, "reason": _reason(exc)})
+                raise DataError(f"{path}: {error_reason(exc)}") from None
+            skipped.append({"image": path, "reason": error_reason(exc)})
             continue
         finally:
             if bar is not None:

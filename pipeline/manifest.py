@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import io
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import privacy
 from .config import PROJECT_ROOT, Config
 from .errors import DataError, ImageReadError
 from .folders import folder_records
@@ -149,6 +151,14 @@ def _patient_from_path(regex: re.Pattern | None, image_text: str) -> str:
     return next((g for g in m.groups() if g), m.group(0))
 
 
+def _dialect(header: str) -> type[csv.Dialect] | str:
+    """Comma-separated unless the header line is plainly separated by ';' or tab (European Excel exports)."""
+    try:
+        return csv.Sniffer().sniff(header, delimiters=",;\t")
+    except csv.Error:  # one column, or nothing to tell: the standard
+        return "excel"
+
+
 def _read_records(path: Path, cfg: Config) -> tuple[Path, list[str], list[dict]]:
     """(root for relative paths, columns, records) of a CSV manifest or a folder of class folders."""
     if path.is_dir():
@@ -159,10 +169,15 @@ def _read_records(path: Path, cfg: Config) -> tuple[Path, list[str], list[dict]]
     if not path.is_file():
         raise DataError(f"data.manifest: file not found: {path}")
     root = resolve_data_path(cfg.data.root, cfg) if cfg.data.root else path.parent
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        records = list(reader)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM (Excel's "CSV UTF-8") is not part of 'image'
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the CSV as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{path}: the manifest is empty (not even a header line)")
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=_dialect(text.splitlines()[0]))
+    columns = reader.fieldnames or []
+    records = list(reader)
     if cfg.data.exclude:
         records = [r for r in records if not any(fnmatch.fnmatch(r.get("image") or "", p) or
                                                  fnmatch.fnmatch(Path(r.get("image") or "").name, p)
@@ -235,4 +250,5 @@ def load_manifest(cfg: Config) -> Manifest:
     source = "column" if has_pid else "regex" if regex else "dicom"
     if unknown_patients:
         source = "mixed" if source == "column" else "image"
-    return Manifest(samples=tuple(samples), skipped=tuple(skipped), path=path, patient_source=source)
+    manifest = Manifest(samples=tuple(samples), skipped=tuple(skipped), path=path, patient_source=source)
+    return privacy.apply(cfg, manifest)  # from here on, outputs only ever see pseudonyms and row numbers

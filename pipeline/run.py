@@ -15,7 +15,7 @@ from monai.data.meta_obj import set_track_meta
 from monai.utils import set_determinism
 from torch.utils.data import DistributedSampler
 
-from . import distributed
+from . import checks, distributed
 from .checkpoint import FoldCheckpoint, fold_checkpoint_path, save_checkpoint, seed_dir
 from .config import Config
 from .cv import Splits, load_splits, make_splits, save_splits
@@ -68,7 +68,7 @@ def _class_weights(cfg: Config, samples, train_idx, device):
 
 def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, main_rank: bool = True) -> Prepared:
     """Deterministic, so every torchrun rank computes the same samples and folds; only rank 0 writes them."""
-    manifest = load_manifest(cfg)
+    manifest = checks.before_decode(cfg, load_manifest(cfg))  # headers, rows, memory: before any pixel
     t0 = time.perf_counter()
     decoded = decode_samples(cfg, manifest.samples, progress=cfg.train.progress and main_rank)
     own = sum(not s.patient_known for s in decoded.samples)
@@ -80,11 +80,13 @@ def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, main_rank: bool
              + (f"; skipped {len(skipped)} (see skipped.csv)" if skipped else ""))
     if main_rank and (skipped or cfg.data.on_error == "skip"):
         write_skipped(skipped, run_dir)  # with on_error=skip an empty list is news too
+    checks.after_decode(cfg, decoded, len(skipped))  # same pixels under two patients, emptied classes
     split_path = run_dir / "splits.json"
     if resume and split_path.exists():
         splits = load_splits(split_path)
     else:
         splits = make_splits(decoded.samples, cfg)
+        checks.check_folds(cfg, decoded.samples, splits)
         if main_rank:
             save_splits(splits, split_path)
     return Prepared(manifest, decoded, splits)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -76,6 +77,9 @@ def validate(model, val_loader, cfg: Config, ctx: TrainContext) -> dict:
     metrics = compute_metrics(cfg.task.type, out["targets"], out["probs"], cfg.task.classes,
                               operating_threshold(cfg))
     metrics["loss"] = out["loss"]
+    probs = np.asarray(out["probs"], dtype=float)
+    # one probability for every image: AUROC is 0.5 or undefined and says nothing (run_stage warns, by name)
+    metrics["constant_prediction"] = len(probs) > 1 and float(np.ptp(probs, axis=0).max()) < 1e-6
     return metrics
 
 
@@ -162,6 +166,10 @@ def run_stage(model, stage: StageConfig, cfg: Config, train_loader, val_loader, 
         state.step += stats["steps"] - stage_step
         stage_step = stats["steps"]
         metrics = validate(model, val_loader, cfg, ctx)
+        if metrics.pop("constant_prediction", False):
+            log.warning(f"warning: fold {state.fold}, stage '{stage.name}', epoch {state.epoch}: the model predicts "
+                        "the same probability for every validation image; its AUROC is not a score (lower the "
+                        "learning rate, or check the labels)")
         improved = update_best(state, model, monitor_score(metrics, cfg.train.monitor), metrics, stage.name)
         since_best = 0 if improved else since_best + 1
         record_epoch(ctx, state, stage.name, stats, metrics, improved)

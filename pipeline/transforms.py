@@ -26,6 +26,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from .checks import check_pixels
 from .config import AugmentConfig, Config
 from .io import ReaderOptions, read_gray
 
@@ -37,16 +38,19 @@ class LoadGrayd(MapTransform):
     transposes 2-D radiographs (see the design notes).
     """
 
-    def __init__(self, keys="image", options: ReaderOptions | None = None, frame_key: str = "frame"):
+    def __init__(self, keys="image", options: ReaderOptions | None = None, frame_key: str = "frame",
+                 min_size: int = 1):
         super().__init__(keys)
         self.options = options or ReaderOptions()
         self.frame_key = frame_key
+        self.min_size = min_size
 
     def __call__(self, data):
         d = dict(data)
         frame = d.get(self.frame_key)
         for key in self.key_iterator(d):
             array, info = read_gray(d[key], frame=frame, options=self.options)
+            check_pixels(array, d[key], self.min_size)  # NaN, constant, tiny: refused before scaling hides it
             d[key] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
             d[f"{key}_info"] = info
         return d
@@ -59,7 +63,7 @@ def load_transforms(cfg: Config, options: ReaderOptions) -> Compose:
     else:
         scale = ScaleIntensityd("image", minv=0.0, maxv=1.0)
     return Compose([
-        LoadGrayd("image", options=options),
+        LoadGrayd("image", options=options, min_size=cfg.data.min_size),
         scale,
         # keep the aspect ratio: longest side -> size, then pad the short side with black (0)
         Resized("image", spatial_size=size, size_mode="longest", mode="bilinear", anti_aliasing=True),

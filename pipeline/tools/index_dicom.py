@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
-import hmac
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
+from .. import privacy
 from ..errors import DataError, ImageReadError, exits_on_error
 from ..io import detect_format
 from ..io.dicom import read_dicom_header
@@ -39,7 +39,7 @@ PSEUDONYM_HEX = 16
 
 
 def pseudonym(patient_id: str, salt: str) -> str:
-    return hmac.new(salt.encode(), patient_id.encode(), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
+    return privacy.pseudonym(patient_id, salt)  # one keyed hash for the index and for training's ids
 
 
 def _has_dicm_prefix(path: Path) -> bool:
@@ -205,9 +205,11 @@ def index(args) -> dict:
                 used.add(hit)
         rows.append(row)
 
-    id_map = {}
+    id_map, ids_in_paths = {}, 0
     if args.pseudonymize:
         id_map = {pid: pseudonym(pid, args.salt) for pid in {r["patient_id"] for r in rows} if pid}
+        # the raw id in the file path beside its hash would undo the pseudonym: count them and warn
+        ids_in_paths = sum(bool(r["patient_id"]) and r["patient_id"] in r["image"] for r in rows)
         for r in rows:
             r["patient_id"] = id_map.get(r["patient_id"], "")
 
@@ -228,7 +230,7 @@ def index(args) -> dict:
         "no_patient_id": sum(not r["patient_id"] for r in rows),
         "unlabelled": [r["image"] for r in rows if labels is not None and not r["label"]],
         "labels_without_file": sorted(set(labels) - used) if labels is not None else [],
-        "labelled": labels is not None, "pseudonymized": bool(id_map),
+        "labelled": labels is not None, "pseudonymized": bool(id_map), "ids_in_paths": ids_in_paths,
     }
 
 
@@ -248,6 +250,10 @@ def print_summary(res: dict, show: int = 20) -> None:
         for k in res["labels_without_file"][:show]:
             print(f"    no file: {k}")
     print(f"  {len(res['skipped'])} unreadable files skipped -> {res['skipped_csv']}")
+    if res.get("ids_in_paths"):
+        print(f"  warning: {res['ids_in_paths']} image paths contain the raw PatientID that --pseudonymize replaced: "
+              "the index still identifies those patients; rename the files or folders (or use "
+              "privacy.hide_file_names in training)", file=sys.stderr)
     for s in res["skipped"][:show]:
         print(f"    {s['path']}: {s['reason']}")
     more = len(res["skipped"]) - show

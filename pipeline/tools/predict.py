@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..checkpoint import load_run
@@ -27,6 +28,10 @@ def predict_files(run_dir: Path, images: list[tuple[str, int | None]], on_error:
     run = load_run(run_dir)
     scores, skipped = score_files(run, images, on_error=on_error, progress=progress)
     fields = probability_fields(run.task)
+    if run.cfg.privacy.hide_file_names:  # the run hides file names: outputs show the input position instead
+        position = {path: f"row{k + 1}" for k, (path, _) in enumerate(images)}
+        scores = [replace(s, image=position[s.image]) for s in scores]
+        skipped = [{**s, "image": position[s["image"]]} for s in skipped]
     rows = [{"image": s.image, "frames": s.frames,
              **{f: round(float(v), 6) for f, v in zip(fields, s.probs, strict=True)},
              "predicted": s.predicted} for s in scores]
