@@ -14,6 +14,7 @@ validation set without some class.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections import defaultdict
@@ -221,25 +222,41 @@ def _class_names(cfg: Config, samples) -> set[str]:
     return {cfg.task.classes[s.target] for s in samples}
 
 
-def after_decode(cfg: Config, decoded, n_skipped: int) -> None:
+def after_decode(cfg: Config, decoded, n_skipped: int):
     """The same pixels under two patient ids (memory cache only: the images are at hand), and classes that
-    skipped files emptied."""
+    skipped files emptied. Returns the decoded samples, where an image WITHOUT a known patient id that
+    repeats another image's pixels joins that image's patient: public sets without ids (BUSI) hold exact
+    duplicates, and two copies in different folds would be a leak. Two known, different ids stay an error."""
     if not decoded.samples:
         raise DataError(f"{Path(cfg.data.manifest).name}: no readable samples ({n_skipped} skipped; "
                         "see skipped.csv)")
     if decoded.images is not None:
         owner: dict[str, Sample] = {}
-        for s, image in zip(decoded.samples, decoded.images, strict=True):
+        samples, grouped = list(decoded.samples), 0
+        for i, (s, image) in enumerate(zip(decoded.samples, decoded.images, strict=True)):
             first = owner.setdefault(hashlib.md5(image.tobytes()).hexdigest(), s)
-            if first.patient_id != s.patient_id:
-                raise DataError(f"{where(cfg, s.row, s.image)}: same pixels as row {first.row} but patient "
-                                f"{s.patient_id} vs {first.patient_id}: one image under two patients is a leak "
-                                "between folds; remove the copy or give both one patient id")
+            if first.patient_id == s.patient_id:
+                continue
+            if not s.patient_known:
+                samples[i] = dataclasses.replace(s, patient_id=first.patient_id, patient_known=first.patient_known)
+                grouped += 1
+                continue
+            if not first.patient_known:
+                raise DataError(f"{where(cfg, first.row, first.image)}: same pixels as row {s.row} (patient "
+                                f"{s.patient_id}) but no patient id: give both rows the same patient id")
+            raise DataError(f"{where(cfg, s.row, s.image)}: same pixels as row {first.row} but patient "
+                            f"{s.patient_id} vs {first.patient_id}: one image under two patients is a leak "
+                            "between folds; remove the copy or give both one patient id")
+        if grouped:
+            log.warning(f"warning: {grouped} images without a patient id repeat another image's pixels exactly; "
+                        "each joins its copy's group so the copies stay in one fold")
+            decoded = dataclasses.replace(decoded, samples=tuple(samples))
     if cfg.task.type != "multilabel":
         missing = [c for c in cfg.task.classes if c not in _class_names(cfg, decoded.samples)]
         if missing:
             raise DataError(f"{Path(cfg.data.manifest).name}: class {missing[0]!r} has no readable samples"
                             + (f" after {n_skipped} skipped (see skipped.csv)" if n_skipped else ""))
+    return decoded
 
 
 def check_folds(cfg: Config, samples, splits) -> None:

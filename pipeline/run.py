@@ -80,7 +80,7 @@ def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, main_rank: bool
              + (f"; skipped {len(skipped)} (see skipped.csv)" if skipped else ""))
     if main_rank and (skipped or cfg.data.on_error == "skip"):
         write_skipped(skipped, run_dir)  # with on_error=skip an empty list is news too
-    checks.after_decode(cfg, decoded, len(skipped))  # same pixels under two patients, emptied classes
+    decoded = checks.after_decode(cfg, decoded, len(skipped))  # same pixels under two patients, emptied classes
     split_path = run_dir / "splits.json"
     if resume and split_path.exists():
         splits = load_splits(split_path)
