@@ -162,19 +162,21 @@ def threshold_for(y, p, *, sensitivity: float | None = None, specificity: float 
 
 def design_effect(successes, trials, clusters) -> float:
     """Design effect of a proportion over units clustered by patient: the variance of the ratio estimator
-    sum(y)/sum(m) over patients divided by the variance if all units were independent, at least 1 (clustering
-    never makes a proportion more precise here) and 1 when it cannot be estimated (p is 0 or 1)."""
+    sum(y)/sum(m) over patients divided by the variance if all units were independent, between 1 (clustering
+    never makes a proportion more precise here) and the largest patient's count. When p is 0 or 1 the data
+    say nothing about the within-patient correlation, so the conservative mean units per patient is used
+    (perfect correlation: the patients are the sample); with one unit per patient that is 1."""
     y, m, clusters = np.asarray(successes, float), np.asarray(trials, float), np.asarray(clusters)
     n = m.sum()
     if n == 0:
         return 1.0
-    p = y.sum() / n
-    if p in (0.0, 1.0):
-        return 1.0
     _, inv = np.unique(clusters, return_inverse=True)
     yc, mc = np.bincount(inv, weights=y), np.bincount(inv, weights=m)
+    p = y.sum() / n
+    if p in (0.0, 1.0):
+        return float(n / len(mc))
     var_cluster = ((yc - p * mc) ** 2).sum() / n**2
-    return float(max(1.0, var_cluster / (p * (1 - p) / n)))
+    return float(min(max(1.0, var_cluster / (p * (1 - p) / n)), mc.max()))
 
 
 def wilson_ci(k: float, n: float, level: float = 0.95) -> list[float] | None:

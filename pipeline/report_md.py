@@ -10,7 +10,9 @@ INTERVALS = ("Intervals: Wilson score 95% CI for proportions (accuracy, sensitiv
              "patient-bootstrap percentile 95% CI for AUROC, AUPRC, F1, balanced accuracy, Brier and ECE "
              "(and for macro averages). Wilson intervals count images; where a patient has several images "
              "the count is divided by a design effect estimated from the patient clustering (deff ≥ 1, "
-             "listed in the table), so correlated images do not narrow the interval.")
+             "listed in the table), so correlated images do not narrow the interval; where every image agrees "
+             "(a proportion of 0 or 1) the correlation cannot be estimated and the mean number of images per "
+             "patient is used (the patients are the sample).")
 
 
 def _fmt(v):
