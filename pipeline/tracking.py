@@ -82,7 +82,7 @@ class Tracker:
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, log_images: bool = True):
         self.enabled = enabled
         self.log_images = log_images
-        self.root = run_dir / "tensorboard"
+        self.root = run_dir / "tensorboard" if run_dir is not None else None
         self.writers: dict = {}
         self.tensorboard = enabled and tensorboard
         self.jsonl = (run_dir / "metrics.jsonl").open("a") if enabled else None
