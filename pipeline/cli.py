@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import distributed, privacy
 from .cliargs import add_config_arguments
-from .config import Config, load_config, save_config
+from .config import Config, load_config, resume_changes, save_config
 from .demo import ensure_demo_data
 from .errors import ConfigError, exits_on_error
 from .manifest import resolve_data_path
@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         if not saved.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there (not a run folder)")
         cfg = load_config(str(saved), args.overrides)
+        changed = resume_changes(load_config(str(saved)), cfg)
+        if changed:
+            raise ConfigError(f"--resume {args.resume}: --set changes {', '.join(changed)}, which shaped the finished "
+                              "folds; start a new run instead (resume may change only train.progress, "
+                              "train.log_every, train.device, data.num_workers, report.*, tracking.*, output.*)")
     else:
         cfg = load_config(args.config, args.overrides)
     if args.quiet:

@@ -188,6 +188,14 @@ class ReportConfig(Strict):
     # operating point for sensitivity/specificity: a number, or 'youden' chosen on out-of-fold predictions
     threshold: float | Literal["youden"] = 0.5
     calibration_bins: int = Field(10, ge=2)
+    # extra operating points (binary), chosen on out-of-fold predictions and reported on the test set
+    target_sensitivity: float | None = Field(0.95, gt=0, le=1)
+    target_specificity: float | None = Field(0.95, gt=0, le=1)
+
+
+class TrackingConfig(Strict):
+    # false: no patient pixels in TensorBoard or the report (plots of metrics stay) for data that must not leave
+    log_images: bool = True
 
 
 class OutputConfig(Strict):
@@ -212,6 +220,7 @@ class Config(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cv: CVConfig = Field(default_factory=CVConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
@@ -484,3 +493,25 @@ def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Confi
 
 def save_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+# what `--resume RUN --set ...` may change: how the run is shown, reported and where it runs, never what
+# trained the finished folds (a prefix covers its whole section); everything else is refused
+RESUME_MAY_CHANGE = ("train.progress", "train.log_every", "train.device", "data.num_workers", "report.",
+                     "tracking.", "output.", "source")
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, val in node.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+    if isinstance(node, list) and node and isinstance(node[0], dict):
+        return {k: v for i, val in enumerate(node) for k, v in _flat(val, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: node}
+
+
+def resume_changes(saved: Config, new: Config) -> list[str]:
+    """Keys whose value differs between a run's saved config and the one --resume would use, leaving out
+    RESUME_MAY_CHANGE."""
+    a, b = _flat(saved.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return [k for k in changed if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_MAY_CHANGE)]

@@ -3,6 +3,9 @@
 Fold metrics are recomputed from the saved out-of-fold predictions (not taken from the training loop) so the
 operating point is the same for every number in the report. When frames or slices were expanded into
 samples, predictions are averaged per image file (the exam is the clinical unit) before scoring.
+fold_K/result.json keeps the training loop's own validation metrics under `metrics_at_training_threshold`
+(per frame, at the training-time threshold; they chose the best epoch); every fold number in summary.json
+and report.md is at the run's one threshold.
 """
 
 from __future__ import annotations
@@ -13,10 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import bootstrap_ci, compute_metrics, youden_threshold
+from .metrics import (
+    binary_metrics,
+    compute_metrics,
+    confidence_intervals,
+    proportion_cis,
+    threshold_for,
+    youden_threshold,
+)
 from .outputs import class_matrix, probability_fields
+from .provenance import provenance
 from .tracking import Tags
 from .vocab import METRICS, TABLE_METRICS
+
+POINT_KEYS = ("tp", "fp", "tn", "fn", "sensitivity", "specificity", "ppv", "npv")
 
 
 def _aggregate(samples, indices, probs, fold_of=None):
@@ -78,9 +91,11 @@ def score_items(cfg, items, threshold: float, n_models: int) -> dict:
     task, bins = cfg.task, cfg.report.calibration_bins
     y, p = _arrays(items, task.type)
     block = compute_metrics(task.type, y, p, task.classes, threshold, bins)
-    block["ci95"] = bootstrap_ci(task.type, y, p, task.classes, [it["patient_id"] for it in items], threshold,
-                                 n=cfg.report.bootstrap, seed=cfg.cv.seed, bins=bins)
-    block["n_models"] = n_models  # a seed ensemble counts every seed's fold models
+    patients = [it["patient_id"] for it in items]
+    ci, method, deff = confidence_intervals(task.type, y, p, task.classes, patients, threshold,
+                                            n=cfg.report.bootstrap, seed=cfg.cv.seed, bins=bins)
+    # a seed ensemble counts every seed's fold models
+    block.update(ci95=ci, ci_method=method, design_effect=deff, n_models=n_models, n_patients=len(set(patients)))
     return block
 
 
@@ -93,7 +108,56 @@ def _mean_std(fold_metrics: list[dict]):
     return mean, std
 
 
-def write_outputs(cfg, run_dir: Path, prep, results, tracker) -> dict:
+def _point(y, p, patients, threshold) -> dict:
+    """Confusion counts and rates at one threshold, with Wilson intervals of the rates."""
+    m = binary_metrics(y, p, threshold)
+    ci = proportion_cis("binary", y, p, patients, threshold)
+    ci.pop("deff")
+    return {**{k: m[k] for k in POINT_KEYS}, "ci95": {k: v for k, v in ci.items() if k != "accuracy"}}
+
+
+def operating_points(cfg, threshold, oof, test) -> list[dict]:
+    """Binary tasks: the run's threshold (Youden or fixed) and the thresholds reaching the target sensitivity
+    and specificity, all chosen on the pooled out-of-fold predictions, then applied unchanged to the test set."""
+    y, p = _arrays(oof, "binary")
+    rep = cfg.report
+    candidates = [("youden" if rep.threshold == "youden" else "fixed", threshold, None)]
+    if rep.target_sensitivity is not None:
+        candidates.append(("target_sensitivity",
+                           threshold_for(y, p, sensitivity=rep.target_sensitivity),
+                           {"sensitivity": rep.target_sensitivity}))
+    if rep.target_specificity is not None:
+        candidates.append(("target_specificity",
+                           threshold_for(y, p, specificity=rep.target_specificity),
+                           {"specificity": rep.target_specificity}))
+    points = []
+    for name, t, target in candidates:
+        if t is None:
+            continue
+        pt = {"name": name, "threshold": t, "chosen_on": "oof", "target": target,
+              "oof": _point(y, p, [it["patient_id"] for it in oof], t), "test": None}
+        if test:
+            yt, pt_ = _arrays(test, "binary")
+            pt["test"] = _point(yt, pt_, [it["patient_id"] for it in test], t)
+        points.append(pt)
+    return points
+
+
+def _hparams(cfg, summary) -> tuple[dict, dict]:
+    """The knobs that the HParams tab compares across runs, and the results beside them."""
+    h = {"backbone": cfg.model.backbone, "stem": str(summary["model"]["stem"]), "pretrained": cfg.model.pretrained,
+         "image_size": cfg.data.image_size, "batch_size": cfg.train.batch_size, "seed": cfg.train.seed,
+         "folds": cfg.cv.folds}
+    for st in cfg.train.stages:
+        h[f"{st.name}_lr"], h[f"{st.name}_epochs"], h[f"{st.name}_train"] = st.lr, st.epochs, st.train
+    m = {f"cv_mean_{k}": summary["mean"].get(k) for k in ("auroc", "auprc", "balanced_accuracy")}
+    m["oof_auroc"] = summary["oof"].get("auroc")
+    for k in ("auroc", "auprc", "sensitivity", "specificity") if summary.get("test") else ():
+        m[f"test_{k}"] = summary["test"].get(k)
+    return h, m
+
+
+def write_outputs(cfg, run_dir: Path, prep, results, tracker, started: float | None = None) -> dict:
     task, rows = cfg.task, prep.decoded.samples
     oof_idx, oof_probs, oof_fold = [], [], []
     for res in results:
@@ -113,12 +177,13 @@ def write_outputs(cfg, run_dir: Path, prep, results, tracker) -> dict:
         sel = [i for i, it in enumerate(oof) if it["fold"] == res["fold"]]
         m = compute_metrics(task.type, y_oof[sel], p_oof[sel], task.classes, threshold, bins)
         folds.append({"fold": res["fold"], "metrics": m, "best_epoch": res["best_epoch"], "stage": res["stage"],
-                      "n_val": len(sel)})
+                      "n_val": len(sel), "n_val_patients": len({oof[i]["patient_id"] for i in sel})})
     mean, std = _mean_std([f["metrics"] for f in folds])
     pooled = compute_metrics(task.type, y_oof, p_oof, task.classes, threshold, bins)
+    pooled["n_patients"] = len({it["patient_id"] for it in oof})
     _write_predictions(run_dir / "oof_predictions.csv", oof, task, with_fold=True)
 
-    test_summary = None
+    test_summary, test = None, None
     tests = [r["test"] for r in results if r.get("test")]
     if tests:
         # fold ensemble: mean probability of the fold models on the held-out patients
@@ -132,11 +197,13 @@ def write_outputs(cfg, run_dir: Path, prep, results, tracker) -> dict:
         "positive_class": task.positive if task.type == "binary" else None,
         "threshold": threshold, "unit": "image (frames averaged)" if len(oof) < len(oof_idx) else "image",
         "folds": folds, "mean": mean, "std": std, "oof": pooled, "test": test_summary,
+        "operating_points": operating_points(cfg, threshold, oof, test) if task.type == "binary" else [],
         "n_samples": len(rows), "n_patients": len({r.patient_id for r in rows}),
         "n_skipped": len(prep.skipped), "patient_source": prep.manifest.patient_source,
         "model": {"backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
                   "stem": results[0].get("stem_strategy", cfg.model.stem) if results else cfg.model.stem,
                   "normalization": results[0].get("normalization") if results else None},
+        "provenance": provenance(cfg, prep.manifest.path, started, results),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     for k, v in mean.items():
@@ -144,9 +211,10 @@ def write_outputs(cfg, run_dir: Path, prep, results, tracker) -> dict:
     if test_summary:
         for k in METRICS:
             tracker.scalar(Tags.test(k), test_summary.get(k), 0)
+    tracker.hparams(*_hparams(cfg, summary))
     from .report_md import write_report
 
-    write_report(run_dir, summary, oof, test if tests else None, cfg)
+    write_report(run_dir, summary, oof, test, cfg, tracker)
     return summary
 
 
@@ -158,9 +226,13 @@ def format_table(summary: dict) -> str:
         lines.append(f"{f['fold']:>4}  " + "  ".join(f"{fmt(f['metrics'].get(k)):>9}" for k in keys))
     lines.append("mean  " + "  ".join(f"{fmt(summary['mean'].get(k)):>9}" for k in keys))
     lines.append(" std  " + "  ".join(f"{fmt(summary['std'].get(k)):>9}" for k in keys))
+    lines.append(" oof  " + "  ".join(f"{fmt(summary['oof'].get(k)):>9}" for k in keys))
     t = summary.get("test")
     if t:
         lines.append("test  " + "  ".join(f"{fmt(t.get(k)):>9}" for k in keys))
+        prev = f", {t['n_positive']} positive (prevalence {t['prevalence']:.1%})" if t.get("prevalence") else ""
+        lines.append(f"test set: {t['n']} images of {t.get('n_patients')} patients{prev}; "
+                     f"threshold {summary['threshold']:.3f}")
         ci = t.get("ci95", {}).get("auroc")
         if ci:
             lines.append(f"test AUROC 95% CI (patient bootstrap): {ci[0]:.3f} - {ci[1]:.3f}")

@@ -1,57 +1,93 @@
-"""report.md and its PNG plots (ROC curves, reliability diagram): what a person reads after a run."""
+"""report.md: what a person reads after a run (tables here, figures from report_plots)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+from .vocab import METRICS, PROPORTION_METRICS
 
-from .vocab import METRICS
-
-
-def _plots(run_dir: Path, oof, test, task_type: str, classes, bins: int, positive=None) -> list[str]:
-    """ROC and reliability diagram of the binary task, out-of-fold and test curves on the same axes."""
-    if task_type != "binary":
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.calibration import calibration_curve
-    from sklearn.metrics import roc_curve
-
-    curves = []
-    for name, items in (("out-of-fold", oof), ("test (fold ensemble)", test)):
-        y = np.array([it["target"] for it in items or []], dtype=int)
-        if len(set(y)) == 2:
-            curves.append((name, y, np.array([it["prob"] for it in items], dtype=float)))
-    negative = next(c for c in classes if c != positive)
-    figures = {
-        "roc.png": (lambda y, p: roc_curve(y, p)[:2], "1 - specificity", "sensitivity",
-                    f"ROC ({positive} vs {negative})", "lower right", "-"),
-        "calibration.png": (lambda y, p: calibration_curve(y, p, n_bins=bins, strategy="uniform")[::-1],
-                            "predicted probability", "observed frequency", "Calibration", "upper left", "o-"),
-    }
-    for png, (xy, xlabel, ylabel, title, legend, style) in figures.items():
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        for name, y, p in curves:
-            ax.plot(*xy(y, p), style, label=name)
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-        if curves:
-            ax.legend(loc=legend)
-        fig.tight_layout()
-        fig.savefig(run_dir / png, dpi=110)
-        plt.close(fig)
-    return list(figures)
+INTERVALS = ("Intervals: Wilson score 95% CI for proportions (accuracy, sensitivity, specificity, PPV, NPV), "
+             "patient-bootstrap percentile 95% CI for AUROC, AUPRC, F1, balanced accuracy, Brier and ECE "
+             "(and for macro averages). Wilson intervals count images; where a patient has several images "
+             "the count is divided by a design effect estimated from the patient clustering (deff ≥ 1, "
+             "listed in the table), so correlated images do not narrow the interval; where every image agrees "
+             "(a proportion of 0 or 1) the correlation cannot be estimated and the mean number of images per "
+             "patient is used (the patients are the sample).")
 
 
 def _fmt(v):
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def write_report(run_dir: Path, summary: dict, oof, test, cfg) -> None:
+def _ci(c):
+    return f"{c[0]:.3f} – {c[1]:.3f}" if c else ""
+
+
+def point_label(op: dict) -> str:
+    """'youden', 'sensitivity ≥ 0.95', ...: how the operating point was chosen."""
+    return " and ".join(f"{k} ≥ {v:g}" for k, v in op["target"].items()) if op.get("target") else op["name"]
+
+
+def _set_line(name: str, m: dict) -> str:
+    prev = (f", {m['n_positive']} positive (prevalence {m['prevalence']:.1%})"
+            if m.get("prevalence") is not None else "")
+    return f"{name}: {m['n']} images of {m.get('n_patients', '?')} patients{prev}."
+
+
+def _fold_table(summary: dict, keys) -> list[str]:
+    lines = ["| fold | best epoch | stage | n | " + " | ".join(keys) + " |", "|---" * (4 + len(keys)) + "|"]
+    for f in summary["folds"]:
+        lines.append(f"| {f['fold']} | {f['best_epoch']} | {f['stage']} | {f['n_val']} | "
+                     + " | ".join(_fmt(f["metrics"].get(k)) for k in keys) + " |")
+    lines.append("| mean ± sd | | | | " + " | ".join(
+        f"{_fmt(summary['mean'].get(k))} ± {_fmt(summary['std'].get(k))}" for k in keys) + " |")
+    o = summary["oof"]
+    lines.append(f"| pooled out-of-fold | | | {o['n']} | " + " | ".join(_fmt(o.get(k)) for k in keys) + " |")
+    return lines
+
+
+def _confusion(summary: dict, m: dict, where: str) -> list[str]:
+    kind, classes = summary["type"], summary["classes"]
+    if kind == "binary":
+        pos = summary["positive_class"]
+        neg = next(c for c in classes if c != pos)
+        return [f"{where}, threshold {summary['threshold']:.3f} (rows: truth, columns: prediction):", "",
+                f"| | predicted {neg} | predicted {pos} |", "|---|---|---|",
+                f"| {neg} | {m['tn']} (TN) | {m['fp']} (FP) |", f"| {pos} | {m['fn']} (FN) | {m['tp']} (TP) |"]
+    if kind == "multiclass":
+        lines = [f"{where}, argmax (rows: truth, columns: prediction):", "",
+                 "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+        return lines + [f"| {c} | " + " | ".join(str(v) for v in row) + " |"
+                        for c, row in zip(classes, m["confusion_matrix"], strict=True)]
+    lines = [f"{where}, threshold {summary['threshold']:.3f}, per finding:", "",
+             "| finding | TP | FP | TN | FN |", "|---|---|---|---|---|"]
+    for c, pc in m["per_class"].items():
+        lines.append(f"| {c} | " + " | ".join(str(pc.get(k, "")) for k in ("tp", "fp", "tn", "fn")) + " |")
+    return lines
+
+
+def _operating_points(points) -> list[str]:
+    if not points:
+        return []
+    lines = ["", "## Operating points", "",
+             "Chosen on the pooled out-of-fold predictions, applied unchanged to the test set (Wilson 95% CI).",
+             "", "| point | threshold | set | TP | FP | TN | FN | sensitivity | specificity | PPV | NPV |",
+             "|---" * 11 + "|"]
+    for op in points:
+        for where in ("oof", "test"):
+            m = op.get(where)
+            if not m:
+                continue
+            rates = [_fmt(m[k]) + (f" ({_ci(m['ci95'][k])})" if m["ci95"].get(k) else "")
+                     for k in ("sensitivity", "specificity", "ppv", "npv")]
+            lines.append(f"| {point_label(op)} | {op['threshold']:.3f} | {where} | {m['tp']} | {m['fp']} | {m['tn']} | "
+                         f"{m['fn']} | " + " | ".join(rates) + " |")
+    return lines
+
+
+def write_report(run_dir: Path, summary: dict, oof, test, cfg, tracker=None) -> None:
     keys = METRICS
+    thr = ("Youden index on out-of-fold predictions" if cfg.report.threshold == "youden" else "fixed")
     lines = [
         f"# {summary['task']}: {cfg.model.backbone} ({summary['model']['stem']} stem, {cfg.model.pretrained} weights)",
         "",
@@ -59,30 +95,46 @@ def write_report(run_dir: Path, summary: dict, oof, test, cfg) -> None:
         "",
         f"{summary['n_samples']} samples from {summary['n_patients']} patients; {len(summary['folds'])}-fold "
         f"cross-validation grouped by patient; {summary['n_skipped']} inputs skipped. Unit of analysis: "
-        f"{summary['unit']}. Threshold for sensitivity/specificity/F1: {summary['threshold']:.3f} "
-        f"({'Youden index on out-of-fold predictions' if cfg.report.threshold == 'youden' else 'fixed'}).",
+        f"{summary['unit']}. One threshold for every threshold metric in this report and summary.json: "
+        f"{summary['threshold']:.3f} ({thr}); `fold_K/result.json` keeps the training loop's own values "
+        "(per frame, training-time threshold) under `metrics_at_training_threshold`.",
         "",
         "## Cross-validation (out-of-fold, per fold)",
         "",
-        "| fold | best epoch | stage | n | " + " | ".join(keys) + " |",
-        "|---" * (4 + len(keys)) + "|",
+        _set_line("Out-of-fold", summary["oof"]),
+        "",
+        *_fold_table(summary, keys),
     ]
-    for f in summary["folds"]:
-        lines.append(f"| {f['fold']} | {f['best_epoch']} | {f['stage']} | {f['n_val']} | "
-                     + " | ".join(_fmt(f["metrics"].get(k)) for k in keys) + " |")
-    lines.append("| mean ± sd | | | | " + " | ".join(
-        f"{_fmt(summary['mean'].get(k))} ± {_fmt(summary['std'].get(k))}" for k in keys) + " |")
     t = summary.get("test")
     if t:
-        ci = t.get("ci95", {})
+        ci, method, deff = t.get("ci95", {}), t.get("ci_method", {}), t.get("design_effect", {})
         lines += ["", f"## Held-out test set (ensemble of {t.get('n_models')} fold models)", "",
-                  "| metric | value | 95% CI (patient bootstrap) |", "|---|---|---|"]
+                  _set_line("Test set", t), "",
+                  "| metric | value | 95% CI | interval |", "|---|---|---|---|"]
         for k in keys:
-            c = ci.get(k)
-            lines.append(f"| {k} | {_fmt(t.get(k))} | {f'{c[0]:.3f} – {c[1]:.3f}' if c else ''} |")
-    for png in _plots(run_dir, oof, test, summary["type"], summary["classes"], cfg.report.calibration_bins,
-                      summary.get("positive_class")):
-        lines += ["", f"![{png[:-4]}]({png})"]
-    lines += ["", "Files: `summary.json`, `oof_predictions.csv`, `test_predictions.csv`, `splits.json`, "
-              "`fold_K/best.pt`, `tensorboard/` (`tensorboard --logdir " + str(run_dir / "tensorboard") + "`).", ""]
+            how = method.get(k, "")
+            if k in PROPORTION_METRICS and k in deff:
+                how += f", deff {deff[k]:.2f}"
+            lines.append(f"| {k} | {_fmt(t.get(k))} | {_ci(ci.get(k))} | {how} |")
+        lines += ["", INTERVALS]
+    lines += ["", "## Confusion matrix", "", *_confusion(summary, t or summary["oof"], "test" if t else "out-of-fold")]
+    lines += _operating_points(summary.get("operating_points"))
+
+    from .report_plots import figures
+
+    figs = figures(summary, oof, test, cfg.report.calibration_bins)
+    if figs:
+        lines += ["", "## Figures"]
+    for name, fig in figs.items():
+        fig.savefig(run_dir / f"{name}.png", dpi=110)
+        if tracker is not None:
+            tracker.figure(name, fig)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        lines += ["", f"![{name}]({name}.png)"]
+    lines += ["", "Files: `summary.json` (with `provenance`: package versions, git commit, manifest and config "
+              "hashes, machine, wall time), `oof_predictions.csv`, `test_predictions.csv`, `splits.json`, "
+              "`fold_K/best.pt`, `tensorboard/fold_K/` and `tensorboard/summary/` (`tensorboard --logdir "
+              + str(run_dir / "tensorboard") + "`).", ""]
     (run_dir / "report.md").write_text("\n".join(lines))

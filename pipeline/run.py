@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .manifest import Manifest, Skipped, load_manifest
 from .models import build_model
 from .seeds import seed_config, training_seeds, write_seed_outputs
-from .stages import FoldState, TrainContext, run_stage
+from .stages import FoldState, TrainContext, operating_threshold, run_stage
 from .tracking import Tags, Tracker, log
 from .transforms import sample_transforms
 
@@ -104,9 +104,23 @@ def _loader(cfg: Config, dataset, shuffle: bool, device, sampler=None) -> DataLo
                       persistent_workers=cfg.data.num_workers > 0)
 
 
+def _log_inputs(cfg: Config, prep: Prepared, train_idx, norm, fold: int, tracker: Tracker, n: int = 16) -> None:
+    """A grid of training inputs as the network sees them (augmented), un-normalised for display. A fresh
+    transform (own random state) draws them, so logging images leaves the training augmentations unchanged."""
+    if not tracker.log_images or not tracker.tensorboard:
+        return
+    tf = sample_transforms(cfg, norm.mean, norm.std, train=True)
+    data = sample_dataset(cfg, prep.decoded, list(train_idx[:n]), tf)
+    batch = torch.stack([data[i]["image"] for i in range(len(data))]).float()
+    mean = torch.tensor(list(norm.mean)).view(1, -1, 1, 1)[:, : batch.shape[1]]
+    std = torch.tensor(list(norm.std)).view(1, -1, 1, 1)[:, : batch.shape[1]]
+    tracker.images(fold, (batch * std + mean).clamp(0, 1))
+
+
 def train_fold(cfg: Config, fold: int, prep: Prepared, run_dir: Path, device, tracker: Tracker,
                dist: distributed.Dist = distributed.SINGLE) -> dict:
     samples = prep.decoded.samples
+    t_fold = time.perf_counter()
     torch.manual_seed(cfg.train.seed + fold)
     built = build_model(cfg.model, cfg.task.num_outputs)
     model, norm = built.model.to(device), built.norm
@@ -129,6 +143,7 @@ def train_fold(cfg: Config, fold: int, prep: Prepared, run_dir: Path, device, tr
     f = prep.splits.folds[fold]
     log.info(f"fold {fold}: {len(train_idx)} train / {len(val_idx)} val samples "
              f"({len(f.train_patients)} / {len(f.val_patients)} patients)")
+    _log_inputs(cfg, prep, train_idx, norm, fold, tracker)
     state = FoldState(fold=fold)
     for stage in cfg.train.stages:
         run_stage(model, stage, cfg, train_loader, val_loader, state, ctx)
@@ -149,11 +164,16 @@ def train_fold(cfg: Config, fold: int, prep: Prepared, run_dir: Path, device, tr
         return {"indices": out["indices"].tolist(), "probs": out["probs"].tolist()}
 
     test_idx = prep.splits.test_indices(samples)
+    val = _scores(val_idx)
+    tracker.pr_curves(fold, cfg.task, [samples[i].target for i in val["indices"]], val["probs"], state.best_epoch)
+    # the training loop's validation metrics (per frame, at the training-time threshold) chose the best epoch;
+    # the run's reported fold metrics are in summary.json, per image at the run's threshold
     result = {
         "fold": fold, "best_epoch": state.best_epoch, "stage": state.best_stage,
         "stem_strategy": built.stem, "normalization": norm.to_dict(),
-        "metrics": state.best_metrics, "history": state.history,
-        "val": _scores(val_idx), "test": _scores(test_idx) if test_idx else None,
+        "training_threshold": operating_threshold(cfg), "metrics_at_training_threshold": state.best_metrics,
+        "history": state.history, "val": val, "test": _scores(test_idx) if test_idx else None,
+        "seconds": round(time.perf_counter() - t_fold, 1),
     }
     # written last: its presence marks the fold as finished for --resume
     if dist.is_main:
@@ -164,6 +184,7 @@ def train_fold(cfg: Config, fold: int, prep: Prepared, run_dir: Path, device, tr
 def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: bool = False,
         dry_run: bool = False, dist: distributed.Dist = distributed.SINGLE,
         device: torch.device | None = None) -> dict | None:
+    started = time.time()
     set_determinism(seed=cfg.train.seed)
     set_track_meta(False)  # plain tensors through every MONAI transform: no MetaTensor bookkeeping per sample
     device = device or distributed.select_device(cfg.train.device)
@@ -183,7 +204,7 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
     for k in todo:
         if not 0 <= k < n_folds:
             raise ConfigError(f"--fold {k}: must be between 0 and {n_folds - 1} (cv.folds or the fold column)")
-    tracker = Tracker(run_dir, enabled=dist.is_main)
+    tracker = Tracker(run_dir, enabled=dist.is_main, log_images=cfg.tracking.log_images)
     # the resolved config beside the curves, so a TensorBoard view says what produced them
     config_file = run_dir / "config.yaml"
     tracker.text(Tags.CONFIG, "```\n" + config_file.read_text() + "\n```" if config_file.exists() else "")
@@ -204,7 +225,7 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
                     results.append(json.loads(done.read_text()))
                     continue
                 results.append(train_fold(scfg, k, prep, base, device, tracker, dist))
-        summary = write_seed_outputs(cfg, run_dir, prep, per_seed, tracker) if dist.is_main else None
+        summary = write_seed_outputs(cfg, run_dir, prep, per_seed, tracker, started=started) if dist.is_main else None
     finally:
         tracker.close()
     return summary

@@ -66,15 +66,16 @@ def _spread(values: list[dict]) -> tuple[dict, dict]:
     return mean, sd
 
 
-def write_seed_outputs(cfg: Config, run_dir: Path, prep, per_seed: dict[int, list[dict]], tracker) -> dict:
+def write_seed_outputs(cfg: Config, run_dir: Path, prep, per_seed: dict[int, list[dict]], tracker,
+                       started: float | None = None) -> dict:
     from .report import write_outputs
 
     seeds = list(per_seed)
     if len(seeds) == 1:
-        summary = write_outputs(cfg, run_dir, prep, per_seed[seeds[0]], tracker)
+        summary = write_outputs(cfg, run_dir, prep, per_seed[seeds[0]], tracker, started=started)
         summaries = {seeds[0]: summary}
     else:
-        summary = write_outputs(cfg, run_dir, prep, combine(per_seed), tracker)
+        summary = write_outputs(cfg, run_dir, prep, combine(per_seed), tracker, started=started)
         # every seed scored at the run's one operating point, so per-seed numbers compare with the top level
         fixed = cfg.model_copy(update={"report": cfg.report.model_copy(update={"threshold": summary["threshold"]})})
         summaries = {}

@@ -109,9 +109,9 @@ def record_epoch(ctx: TrainContext, state: FoldState, stage: str, stats: dict, m
                  improved: bool) -> None:
     t, f = ctx.tracker, state.fold
     for name in ("loss", *EPOCH_METRICS):
-        t.scalar(Tags.val(f, name), metrics.get(name), state.epoch)
+        t.scalar(Tags.val(name), metrics.get(name), state.epoch, fold=f)
     for name in ("loss", "lr", "images_per_s"):
-        t.scalar(Tags.train(f, name), stats[name], state.epoch)
+        t.scalar(Tags.train(name), stats[name], state.epoch, fold=f)
     record = {"fold": f, "stage": stage, "epoch": state.epoch, "train_loss": stats["loss"], "lr": stats["lr"],
               "images_per_s": stats["images_per_s"],
               **{f"val_{k}": metrics.get(k) for k in ("loss", "auroc", "auprc", "accuracy")}}
@@ -147,8 +147,8 @@ def run_stage(model, stage: StageConfig, cfg: Config, train_loader, val_loader, 
                        desc=f"fold {state.fold} {stage.name} ep {state.epoch}")
 
         def on_step(step, loss, lr, offset=state.step - stage_step):  # step counts from the stage start
-            ctx.tracker.scalar(Tags.step(state.fold, stage.name, "train_loss"), loss, offset + step)
-            ctx.tracker.scalar(Tags.step(state.fold, stage.name, "lr"), lr, offset + step)
+            ctx.tracker.scalar(Tags.step(stage.name, "train_loss"), loss, offset + step, fold=state.fold)
+            ctx.tracker.scalar(Tags.step(stage.name, "lr"), lr, offset + step, fold=state.fold)
 
         try:
             stats = train_one_epoch(

@@ -6,7 +6,10 @@ read these names.
 from __future__ import annotations
 
 # metric names of the run-folder contract (summary.json, reports, TensorBoard), in report order
-METRICS = ("auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "brier", "ece")
+METRICS = ("auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
+           "brier", "ece")
+# the metrics that are proportions of counted images (Wilson intervals); the others get a patient bootstrap
+PROPORTION_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 # the short table printed at the end of a run
 TABLE_METRICS = ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity", "brier")
 # what validation logs per epoch (plus the loss)

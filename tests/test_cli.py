@@ -57,20 +57,39 @@ def test_smoke_run_writes_the_run_folder_contract(smoke_run, small_chest):
         assert r["patient_id"] in val[int(r["fold"])]
 
 
-def test_smoke_run_tensorboard_tags(smoke_run):
+def _events(folder: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = list((smoke_run / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(events) == 1  # one writer per run
-    acc = EventAccumulator(str(events[0]))
+    acc = EventAccumulator(str(folder), size_guidance={"tensors": 0, "images": 0})
     acc.Reload()
-    tags = set(acc.Tags()["scalars"])
-    for tag in ("fold_0/val/auroc", "fold_1/val/loss", "fold_0/head/lr", "fold_0/full/train_loss",
-                "fold_0/train/lr",
-                "summary/cv_mean_auroc"):
-        assert tag in tags, tag
-    assert len(acc.Scalars("fold_0/val/auroc")) == 2  # one per epoch across both stages
-    assert "config/text_summary" in acc.Tags()["tensors"]
+    return acc
+
+
+def test_smoke_run_tensorboard_tags(smoke_run):
+    """One event folder per fold (the folds overlay on one chart) plus summary/ for the end-of-run items."""
+    from pipeline.tracking import Tags
+
+    tb = smoke_run / "tensorboard"
+    assert sorted(p.name for p in tb.iterdir()) == ["fold_0", "fold_1", "summary"]
+    for fold in ("fold_0", "fold_1"):
+        assert len(list((tb / fold).glob("events.out.tfevents.*"))) == 1  # one writer per fold
+        acc = _events(tb / fold)
+        tags = acc.Tags()
+        for tag in (Tags.val("auroc"), Tags.val("loss"), Tags.step("head", "lr"), Tags.step("full", "train_loss"),
+                    Tags.train("lr"), Tags.train("loss")):
+            assert tag in tags["scalars"], (fold, tag)
+        assert len(acc.Scalars(Tags.val("auroc"))) == 2  # one per epoch across both stages
+        assert tags["images"] == [Tags.INPUTS]
+        img = acc.Images(Tags.INPUTS)[0]
+        assert img.width > 64 and img.height > 64  # a grid, not one image
+        assert Tags.pr_curve() in acc.PluginTagToContent("pr_curves")
+    acc = _events(tb / "summary")
+    tags = acc.Tags()
+    assert Tags.cv_mean("auroc") in tags["scalars"] and Tags.test("auroc") in tags["scalars"]
+    assert Tags.hparam_metric("cv_mean_auroc") in tags["scalars"]
+    assert {Tags.figure(n) for n in ("roc", "calibration", "confusion")} <= set(tags["images"])
+    assert "config/text_summary" in tags["tensors"]
+    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
 
 
 def test_best_checkpoint_rebuilds_the_model(smoke_run):
@@ -150,7 +169,7 @@ def test_torchrun_two_processes_on_cpu(small_chest, tmp_path):
          "--set", "train.stages.0.epochs=1", "--output-dir", str(run), "--quiet"],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in (run / "tensorboard").iterdir()) == ["fold_0", "fold_1", "summary"]
     summary = json.loads((run / "summary.json").read_text())
     assert len(summary["folds"]) == 2
     with (run / "oof_predictions.csv").open() as fh:
@@ -269,8 +288,12 @@ def test_multiclass_and_multilabel_runs(task_type, small_chest, tmp_path):
     with (run / "oof_predictions.csv").open() as fh:
         oof = list(csv.DictReader(fh))
     assert {f"prob_{c}" for c in classes} <= set(oof[0])
+    assert (run / "roc_per_class.png").is_file()
+    assert summary["operating_points"] == [] and summary["test"]["ppv"] is not None
     if task_type == "multiclass":
         assert all(abs(sum(float(r[f"prob_{c}"]) for c in classes) - 1) < 1e-4 for r in oof)
+        assert (run / "confusion.png").is_file()
+        assert sum(map(sum, summary["test"]["confusion_matrix"])) == summary["test"]["n"]
     else:
         assert any(r["label_c"] == "" for r in oof)  # unknown labels survive as blanks
 

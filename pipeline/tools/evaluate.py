@@ -24,7 +24,6 @@ from ..inference import predicted_label, score_files
 from ..manifest import load_manifest
 from ..outputs import class_matrix
 from ..report import _aggregate, _write_predictions, score_items
-from ..report_md import _plots
 from ..tracking import log, setup_logging
 from ..vocab import METRICS
 
@@ -93,13 +92,18 @@ def _write_report(out: Path, summary: dict, items, cfg) -> None:
              f"{summary['n_images']} images from {summary['n_patients']} patients ({summary['n_skipped']} skipped); "
              f"ensemble of {t['n_models']} fold models; threshold {summary['threshold']:.3f} from the run "
              "(not re-tuned here). Unit of analysis: " + summary["unit"] + ".", "",
-             "| metric | value | 95% CI (patient bootstrap) |", "|---|---|---|"]
+             "| metric | value | 95% CI |", "|---|---|---|"]
     for k in METRICS:
         c = t.get("ci95", {}).get(k)
         lines.append(f"| {k} | {fmt(t.get(k))} | {f'{c[0]:.3f} – {c[1]:.3f}' if c else ''} |")
-    for png in _plots(out, None, items, summary["type"], summary["classes"], cfg.report.calibration_bins,
-                      summary.get("positive_class")):
-        lines += ["", f"![{png[:-4]}]({png})"]
+    import matplotlib.pyplot as plt
+
+    from ..report_plots import figures
+
+    for name, fig in figures(summary, [], items, cfg.report.calibration_bins, "external (fold ensemble)").items():
+        fig.savefig(out / f"{name}.png", dpi=110)
+        plt.close(fig)
+        lines += ["", f"![{name}]({name}.png)"]
     lines += ["", "Files: `predictions.csv`, `summary.json`.", ""]
     (out / "report.md").write_text("\n".join(lines))
 
