@@ -54,5 +54,14 @@ def exits_on_error(main=None, *, interrupted: str = "interrupted"):
     return wrap(main) if main is not None else wrap
 
 
+def read_error_reason(exc: BaseException) -> str:
+    """The reader's own words for a failed read: ImageReadError.reason, also where MONAI's Compose wrapped it."""
+    for e in (exc, exc.__cause__):
+        if isinstance(e, ImageReadError):
+            return e.reason
+    cause = exc.__cause__ or exc
+    return " ".join(f"{type(cause).__name__}: {cause}".split())
+
+
 class TrainingError(PipelineError):
     """Training cannot go on (a non-finite loss); the message names fold, stage, epoch and step."""

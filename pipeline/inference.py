@@ -19,7 +19,7 @@ from torch import nn
 
 from .checkpoint import FinishedRun
 from .config import TaskConfig
-from .errors import DataError, ImageReadError
+from .errors import DataError, read_error_reason
 from .manifest import expand_frames, reader_options
 from .outputs import class_columns, probabilities
 from .stems import Normalization
@@ -65,15 +65,6 @@ class FileScore:
     predicted: str
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ImageReadError):
-        return exc.reason
-    cause = exc.__cause__ or exc  # MONAI's Compose wraps the reader's own error
-    if isinstance(cause, ImageReadError):
-        return cause.reason
-    return " ".join(f"{type(cause).__name__}: {cause}".split())
-
-
 @torch.no_grad()
 def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on_error: str = "raise",
                 batch_size: int = 32, progress: bool = False) -> tuple[list[FileScore], list[dict]]:
@@ -104,8 +95,8 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
             decoded = [chain({"image": path, "frame": f})["image"] for f in frames]
         except Exception as exc:  # any reader failure of one file: named, and skippable
             if on_error != "skip":
-                raise DataError(f"{path}: {_reason(exc)}") from None
-            skipped.append({"image": path, "reason": _reason(exc)})
+                raise DataError(f"{path}: {read_error_reason(exc)}") from None
+            skipped.append({"image": path, "reason": read_error_reason(exc)})
             continue
         finally:
             if bar is not None:
