@@ -202,6 +202,32 @@ def decode_samples(cfg: Config, samples: Sequence[Sample], progress: bool = Fals
     return Decoded(kept_samples, store, skipped, from_cache=hits if cache is not None else None)
 
 
+def image_reader(cfg: Config):
+    """(path, frame) -> 1xSxS float tensor in [0, 1] with the run's reader settings, for scoring new files; with
+    data.cache=disk through the same cache as training (read if there, else decoded and stored)."""
+    chain = load_transforms(cfg, reader_options(cfg))
+
+    def decode(path: str, frame: int | None) -> torch.Tensor:
+        return chain({"image": path, "frame": frame})["image"]
+
+    if cfg.data.cache != "disk":
+        return decode
+    cache = DiskCache.for_config(cfg.data)
+
+    def read(path: str, frame: int | None) -> torch.Tensor:
+        try:
+            entry = cache.entry(path, frame)
+        except OSError:
+            return decode(path, frame)  # the reader names what is wrong with the file
+        if cache.has(entry):
+            return dequantize(np.load(entry))
+        pixels = quantize(decode(path, frame))
+        write_atomic(entry, pixels)
+        return dequantize(pixels)
+
+    return read
+
+
 class FromStore(MapTransform):
     """{'image': sample index} -> {'image': 1xSxS float in [0, 1]} from an ImageStore."""
 

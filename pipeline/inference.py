@@ -19,11 +19,11 @@ from torch import nn
 
 from .checkpoint import FinishedRun
 from .config import TaskConfig
+from .datasets import image_reader
 from .errors import DataError, read_error_reason
 from .manifest import expand_frames, reader_options
 from .outputs import class_columns, probabilities
 from .stems import Normalization
-from .transforms import load_transforms
 
 
 class EnsembleModule(nn.Module):
@@ -71,7 +71,7 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
     """(scores per file, skipped [{'image', 'reason'}]). Unreadable files stop with one line naming the file,
     or with on_error='skip' are listed and the rest is scored."""
     cfg, opts = run.cfg, reader_options(run.cfg)
-    chain = load_transforms(cfg, opts)
+    read = image_reader(cfg)  # through the disk cache when the run used one
     module = build_ensemble(run)
     pending: list[torch.Tensor] = []  # decoded frames waiting for a full batch: memory stays one batch
     outputs: list[np.ndarray] = []
@@ -92,7 +92,7 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
     for path, frame in items:
         try:
             frames = expand_frames(Path(path), "" if frame is None else str(frame), cfg, opts)
-            decoded = [chain({"image": path, "frame": f})["image"] for f in frames]
+            decoded = [read(path, f) for f in frames]
         except Exception as exc:  # any reader failure of one file: named, and skippable
             if on_error != "skip":
                 raise DataError(f"{path}: {read_error_reason(exc)}") from None

@@ -19,7 +19,7 @@ from pydicom.data import get_testdata_file
 
 from pipeline.cache import READER_VERSION
 from pipeline.config import load_config
-from pipeline.datasets import decode_samples, sample_dataset
+from pipeline.datasets import decode_samples, dequantize, image_reader, sample_dataset
 from pipeline.manifest import load_manifest
 from pipeline.threads import available_cores, loader_workers
 from pipeline.transforms import sample_transforms
@@ -139,6 +139,17 @@ def test_a_skipped_file_keeps_the_reader_reason_and_its_row(small_set, tmp_path)
     assert "RuntimeError: applying transform" not in skip.reason and skip.reason
     again = _decode(_cfg(small_set, tmp_path / "cache", "data.on_error=skip"))
     assert again.from_cache == N_PNG and len(again.skipped) == 1  # a bad file is tried (and skipped) again
+
+
+def test_predict_reads_through_the_runs_disk_cache(small_set, tmp_path):
+    cfg = _cfg(small_set, tmp_path / "cache")
+    read = image_reader(cfg)  # what predict uses to read new files with a run's settings
+    s = load_manifest(cfg).samples[0]
+    x = read(s.image, s.frame)  # decoded, then stored
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1
+    decoded = _decode(cfg, workers=1)
+    assert decoded.from_cache == 1  # training finds what predict stored, and the other way round
+    assert torch.equal(x, dequantize(decoded.images.get(0))) and torch.equal(read(s.image, s.frame), x)
 
 
 _WRITER = textwrap.dedent("""
