@@ -18,6 +18,7 @@ import multiprocessing
 import sys
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +138,9 @@ def _run_tasks(cfg: Config, tasks: list, keep: bool, workers: int, progress: boo
                     bar.update(len(chunk))
                 yield chunk
             return
-        # chunks: few enough to keep the inter-process traffic small, many enough for an even load and a live bar
-        size = max(1, min(64, math.ceil(len(tasks) / (workers * 8))))
+        # chunks: few enough to keep the inter-process traffic small, many enough for an even load and a live
+        # bar, and short (16 images at most), so a run stopped by an unreadable file does not wait long
+        size = max(1, min(16, math.ceil(len(tasks) / (workers * 8))))
         with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker,
                                  initargs=(cfg,)) as pool:
             pending = {pool.submit(_decode_chunk, tasks[s:s + size], keep) for s in range(0, len(tasks), size)}
@@ -181,14 +183,15 @@ def decode_samples(cfg: Config, samples: Sequence[Sample], progress: bool = Fals
     keep = mode == "memory"
     pixels: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
-    for chunk in _run_tasks(cfg, tasks, keep, workers or resolved_threads(cfg), progress):
-        for i, image, reason in chunk:
-            if reason is not None:
-                if cfg.data.on_error != "skip":
-                    raise ImageReadError(samples[i].image, reason)
-                errors[i] = reason
-            elif keep:
-                pixels[i] = image
+    with closing(_run_tasks(cfg, tasks, keep, workers or resolved_threads(cfg), progress)) as chunks:
+        for chunk in chunks:
+            for i, image, reason in chunk:
+                if reason is not None:
+                    if cfg.data.on_error != "skip":
+                        raise ImageReadError(samples[i].image, reason)
+                    errors[i] = reason
+                elif keep:
+                    pixels[i] = image
 
     kept = [i for i in range(len(samples)) if i not in errors]
     skipped = tuple(Skipped(samples[i].image, samples[i].row, errors[i]) for i in sorted(errors))

@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from pipeline.cache import READER_VERSION
+from pipeline.cache import READER_VERSION, DiskStore, MemoryStore
 from pipeline.config import load_config
 from pipeline.datasets import decode_samples, dequantize, image_reader, sample_dataset
+from pipeline.errors import ImageReadError
 from pipeline.manifest import load_manifest
 from pipeline.threads import available_cores, loader_workers
 from pipeline.transforms import sample_transforms
@@ -112,6 +113,7 @@ def test_disk_cache_pixels_equal_the_memory_cache_exactly(small_set, tmp_path):
     written = _decode(_cfg(small_set, cache), workers=2)  # the pool's workers write the entries
     read = _decode(_cfg(small_set, cache), workers=2)  # every image from the cache
     assert read.from_cache == len(read.samples)
+    assert isinstance(read.images, DiskStore) and isinstance(memory.images, MemoryStore)  # paths, not pixels
     for a, b, c in zip(_pixels(memory), _pixels(written), _pixels(read), strict=True):
         assert a.dtype == np.uint16 and a.shape == (1, 32, 32)
         assert np.array_equal(a, b) and np.array_equal(a, c)
@@ -139,6 +141,9 @@ def test_a_skipped_file_keeps_the_reader_reason_and_its_row(small_set, tmp_path)
     assert "RuntimeError: applying transform" not in skip.reason and skip.reason
     again = _decode(_cfg(small_set, tmp_path / "cache", "data.on_error=skip"))
     assert again.from_cache == N_PNG and len(again.skipped) == 1  # a bad file is tried (and skipped) again
+    with pytest.raises(ImageReadError, match=re.escape(skip.reason)) as info:  # on_error=raise: the same words
+        _decode(_cfg(small_set, tmp_path / "cache2"))
+    assert info.value.path == skip.image
 
 
 def test_predict_reads_through_the_runs_disk_cache(small_set, tmp_path):
@@ -156,6 +161,7 @@ _WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from pipeline.config import load_config
+from pipeline.errors import ImageReadError
     from pipeline.datasets import decode_samples
     from pipeline.manifest import load_manifest
     manifest, cache, flag = sys.argv[1:4]
