@@ -83,12 +83,13 @@ class Decoded:
 _CHAIN = None
 
 
-def _init_worker(cfg: Config, threads: int = 1) -> None:
+def _init_worker(cfg: Config, pool: bool = True) -> None:
     global _CHAIN
-    from monai.data.meta_obj import set_track_meta
+    if pool:
+        from monai.data.meta_obj import set_track_meta
 
-    torch.set_num_threads(threads)  # one process per core; more threads each would oversubscribe
-    set_track_meta(False)
+        torch.set_num_threads(1)  # one process per core; more threads each would oversubscribe
+        set_track_meta(False)
     _CHAIN = load_transforms(cfg, reader_options(cfg))
 
 
@@ -117,7 +118,7 @@ def _pool_context():
 
 
 # below this many images the pool's start (about 0.5 s on a busy 2-core machine) costs more than it saves;
-# a thread pool was measured no faster than one loop here (the decoders hold the GIL), so there is no third path
+# a thread pool was measured no faster than this one loop (the decoders hold the GIL), so there is no third path
 _POOL_MIN = 64
 
 
@@ -130,7 +131,7 @@ def _run_tasks(cfg: Config, tasks: list, keep: bool, workers: int, progress: boo
         bar = tqdm(total=len(tasks), desc="decode", unit="img", leave=False)  # shows img/s and the ETA
     try:
         if workers <= 1 or len(tasks) < _POOL_MIN:
-            _init_worker(cfg, threads=torch.get_num_threads())
+            _init_worker(cfg, pool=False)
             step = 64
             for start in range(0, len(tasks), step):
                 chunk = _decode_chunk(tasks[start:start + step], keep)

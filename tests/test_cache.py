@@ -161,7 +161,6 @@ _WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from pipeline.config import load_config
-from pipeline.errors import ImageReadError
     from pipeline.datasets import decode_samples
     from pipeline.manifest import load_manifest
     manifest, cache, flag = sys.argv[1:4]
