@@ -223,7 +223,7 @@ def _class_names(cfg: Config, samples) -> set[str]:
 
 
 def after_decode(cfg: Config, decoded, n_skipped: int):
-    """The same pixels under two patient ids (memory cache only: the images are at hand), and classes that
+    """The same pixels under two patient ids (with a memory or disk cache: the decoded images are at hand), and classes that
     skipped files emptied. Returns the decoded samples, where an image WITHOUT a known patient id that
     repeats another image's pixels joins that image's patient: public sets without ids (BUSI) hold exact
     duplicates, and two copies in different folds would be a leak. Two known, different ids stay an error."""
@@ -233,8 +233,8 @@ def after_decode(cfg: Config, decoded, n_skipped: int):
     if decoded.images is not None:
         owner: dict[str, Sample] = {}
         samples, grouped = list(decoded.samples), 0
-        for i, (s, image) in enumerate(zip(decoded.samples, decoded.images, strict=True)):
-            first = owner.setdefault(hashlib.md5(image.tobytes()).hexdigest(), s)
+        for i, s in enumerate(decoded.samples):
+            first = owner.setdefault(hashlib.md5(decoded.images.get(i).tobytes()).hexdigest(), s)
             if first.patient_id == s.patient_id:
                 continue
             if not s.patient_known:

@@ -86,8 +86,13 @@ class DataConfig(Strict):
     image_size: int = Field(224, ge=16, le=4096)
     # 'percentile' clips to the 0.5-99.5 percentiles before scaling to [0, 1] (robust to burned-in text)
     intensity: Literal["minmax", "percentile"] = "minmax"
-    cache: Literal["memory", "none"] = "memory"
-    num_workers: int = Field(0, ge=0)
+    # decoded images: memory (N x S^2 x 2 bytes of RAM), disk (a cache folder shared by runs, read per sample),
+    # none (every sample read from its file again); see pipeline/cache.py
+    cache: Literal["memory", "disk", "none"] = "memory"
+    cache_dir: str | None = None  # default $XDG_CACHE_HOME/graystem or ~/.cache/graystem
+    cache_key: Literal["stat", "content"] = "stat"  # file identity: path+size+mtime, or sha256 of the bytes
+    # loader processes; auto: min(4, train.threads - 1) where samples read files, 0 for the memory cache on CPU
+    num_workers: int | Literal["auto"] = "auto"
     # images whose short side (after any ultrasound crop) is below this are refused: a 1x1 or 5x4000 file is
     # not an image to learn from (pipeline/checks.py)
     min_size: int = Field(32, ge=1)
@@ -100,6 +105,13 @@ class DataConfig(Strict):
 
     def pixel_settings(self) -> dict:
         return self.model_dump(mode="json", include=set(self.PIXEL_SETTINGS))
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be 'auto' or a number >= 0")
+        return v
 
     @field_validator("patient_regex")
     @classmethod
@@ -181,6 +193,8 @@ class TrainConfig(Strict):
     stages: list[StageConfig] = Field(default_factory=_default_stages, min_length=1)
     log_every: int = Field(10, ge=1)
     progress: bool = True
+    # CPU threads for torch and processes for the first decode; default: the cores this process may use
+    threads: int | None = Field(None, ge=1)
 
 
 class ReportConfig(Strict):

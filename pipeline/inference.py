@@ -20,12 +20,11 @@ from torch import nn
 from .checkpoint import FinishedRun
 from .checks import header_problem
 from .config import TaskConfig
-from .datasets import dequantize, quantize
+from .datasets import image_reader
 from .errors import DataError, ImageReadError, error_reason
 from .manifest import expand_frames, reader_options
 from .outputs import class_columns, probabilities
 from .stems import Normalization
-from .transforms import load_transforms
 
 
 class EnsembleModule(nn.Module):
@@ -73,10 +72,7 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
     """(scores per file, skipped [{'image', 'reason'}]). Unreadable files stop with one line naming the file,
     or with on_error='skip' are listed and the rest is scored."""
     cfg, opts = run.cfg, reader_options(run.cfg)
-    chain = load_transforms(cfg, opts)
-    # a run that cached its images saw them as 16-bit fixed point (datasets.quantize): the same rounding here
-    # makes scores reproduce the run's own test predictions (it moves probabilities by ~1e-5)
-    as_trained = (lambda x: dequantize(quantize(torch.as_tensor(x)))) if cfg.data.cache == "memory" else (lambda x: x)
+    read = image_reader(cfg)  # through the disk cache when the run used one
     module = build_ensemble(run)
     pending: list[torch.Tensor] = []  # decoded frames waiting for a full batch: memory stays one batch
     outputs: list[np.ndarray] = []
@@ -100,7 +96,7 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
             if problem:
                 raise ImageReadError(path, problem)
             frames = expand_frames(Path(path), "" if frame is None else str(frame), cfg, opts)
-            decoded = [as_trained(chain({"image": path, "frame": f})["image"]) for f in frames]
+            decoded = [read(path, f) for f in frames]
         except Exception as exc:  # any reader failure of one file: named, and skippable
             if on_error != "skip":
                 raise DataError(f"{path}: {error_reason(exc)}") from None

@@ -26,6 +26,7 @@ from .manifest import Manifest, Skipped, load_manifest
 from .models import build_model
 from .seeds import seed_config, training_seeds, write_seed_outputs
 from .stages import FoldState, TrainContext, operating_threshold, run_stage
+from .threads import apply_threads, loader_workers
 from .tracking import Tags, Tracker, log
 from .transforms import sample_transforms
 
@@ -76,7 +77,7 @@ def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, main_rank: bool
         log.warning(f"warning: {own} samples have no patient id and count as their own patient, so one patient's "
                     "images can land in different folds; add a patient_id column or set data.patient_regex")
     skipped = manifest.skipped + decoded.skipped
-    log.info(f"decoded {len(decoded.samples)} samples in {time.perf_counter() - t0:.1f}s"
+    log.info(f"decoded {len(decoded.samples)} samples in {time.perf_counter() - t0:.1f}s{decoded.cache_note}"
              + (f"; skipped {len(skipped)} (see skipped.csv)" if skipped else ""))
     if main_rank and (skipped or cfg.data.on_error == "skip"):
         write_skipped(skipped, run_dir)  # with on_error=skip an empty list is news too
@@ -98,10 +99,11 @@ def _loader(cfg: Config, dataset, shuffle: bool, device, sampler=None) -> DataLo
     n = len(sampler) if sampler is not None else len(dataset)
     # a training batch of one sample breaks BatchNorm in train mode: drop it (the shuffle varies which)
     drop_last = shuffle and n % cfg.train.batch_size == 1 and n > 1
+    workers = loader_workers(cfg, device)
     return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, drop_last=drop_last,
-                      num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                      persistent_workers=cfg.data.num_workers > 0)
+                      num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0)
 
 
 def _log_inputs(cfg: Config, prep: Prepared, train_idx, norm, fold: int, tracker: Tracker, n: int = 16) -> None:
@@ -188,6 +190,9 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
     set_determinism(seed=cfg.train.seed)
     set_track_meta(False)  # plain tensors through every MONAI transform: no MetaTensor bookkeeping per sample
     device = device or distributed.select_device(cfg.train.device)
+    threads = apply_threads(cfg)  # once, before any work: torch's threads and the decode pool's processes
+    log.info(f"threads: {threads} (train.threads; torch and the decode pool), "
+             f"{loader_workers(cfg, device)} loader workers (data.num_workers: {cfg.data.num_workers})")
     # weights that cannot be had should stop the run before minutes of decoding, and --dry-run should say so
     probe = build_model(cfg.model, cfg.task.num_outputs)
     log.info(f"model: {cfg.model.backbone} ({cfg.model.pretrained} weights, {probe.stem} stem); "
