@@ -1,8 +1,18 @@
-"""TensorBoard events, a metrics.jsonl log and the console log, written by rank 0 only.
+"""TensorBoard events, metrics.jsonl logs and the console log, written by rank 0 only.
 
 Every TensorBoard tag is spelled here: fold_K/<stage>/train_loss and fold_K/<stage>/lr per logged step,
 fold_K/val/<metric> and fold_K/train/{loss,lr,images_per_s} per epoch (one global epoch axis across stages, so
 the curves of both stages join up), summary/cv_mean_<metric> and summary/test_<metric> at the end.
+
+Every file has one writer, so folds can run as separate processes (even on separate machines) into one run
+folder: fold K's events go to RUN/tensorboard/fold_K/ and its JSON lines to RUN/fold_K/metrics.jsonl; the run's
+own events (config text, summary scalars) to RUN/tensorboard/, and RUN/metrics.jsonl is assembled from the
+folds' lines when the summary is written.
+
+Resuming a fold drops the records of the epochs it redoes: last.pt stores the byte size of the fold's log files
+at the checkpoint (after a flush, so at a record boundary) and `start_fold` truncates them back to it. (Not
+SummaryWriter(purge_step=N): TensorBoard then drops every event with step >= N of every tag in that folder, but
+a fold's step tags count optimiser steps and its epoch tags count epochs, so no single N is right for both.)
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,42 +64,116 @@ class Tags:
     CONFIG = "config"
 
 
+    @staticmethod
+    def fold_events(run_dir: Path, fold: int) -> Path:
+        return Path(run_dir) / "tensorboard" / f"fold_{fold}"
+
+    @staticmethod
+    def fold_metrics(run_dir: Path, fold: int) -> Path:
+        return Path(run_dir) / f"fold_{fold}" / "metrics.jsonl"
+
+
 class Tracker:
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self.writer = None
-        self.jsonl = None
-        if not enabled:
+        self.tensorboard = tensorboard
+        self.writer = None  # the run's own events; opened on first use, so fold-only processes write none
+        self.fold_writers: dict = {}
+        self.fold_jsonl: dict = {}
+
+    def _writer(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=str(log_dir))
+
+    def _target(self, fold: int | None):
+        if not self.enabled or not self.tensorboard:
+            return None
+        if fold is not None:
+            return self.fold_writers.get(fold)
+        if self.writer is None:
+            self.writer = self._writer(self.run_dir / "tensorboard")
+        return self.writer
+
+    def start_fold(self, fold: int, keep: dict | None) -> None:
+        """Open fold K's event folder and metrics.jsonl. `keep` ({relative path: bytes}, from last.pt) cuts
+        them back to the checkpoint; None starts the fold's records afresh (a fold restarted from its first
+        epoch must not keep the lines of an attempt that was killed before its first checkpoint)."""
+        if not self.enabled:
             return
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        keep = keep or {}
+        events, jsonl = Tags.fold_events(self.run_dir, fold), Tags.fold_metrics(self.run_dir, fold)
+        for path in [*sorted(events.glob("events.out.tfevents.*")), jsonl]:
+            if not path.exists():
+                continue
+            size = keep.get(str(path.relative_to(self.run_dir)))
+            if size is None:
+                path.unlink()
+            else:
+                os.truncate(path, size)
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        self.fold_jsonl[fold] = jsonl.open("a")
+        if self.tensorboard:
+            self.fold_writers[fold] = self._writer(events)
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        self.jsonl = (run_dir / "metrics.jsonl").open("a")
+    def fold_sizes(self, fold: int) -> dict:
+        """Flush fold K's files and return their sizes (what a resume cuts back to)."""
+        if not self.enabled:
+            return {}
+        if fold in self.fold_writers:
+            self.fold_writers[fold].flush()
+        self.fold_jsonl[fold].flush()
+        paths = [*Tags.fold_events(self.run_dir, fold).glob("events.out.tfevents.*"),
+                 Tags.fold_metrics(self.run_dir, fold)]
+        return {str(p.relative_to(self.run_dir)): p.stat().st_size for p in paths if p.exists()}
 
-    def scalar(self, tag: str, value, step: int) -> None:
+    def end_fold(self, fold: int) -> None:
+        if fold in self.fold_writers:
+            self.fold_writers.pop(fold).close()
+        if fold in self.fold_jsonl:
+            self.fold_jsonl.pop(fold).close()
+
+    def scalar(self, tag: str, value, step: int, fold: int | None = None) -> None:
         if not self.enabled or value is None or (isinstance(value, float) and math.isnan(value)):
             return
-        if self.writer is not None:
-            self.writer.add_scalar(tag, float(value), step)
+        writer = self._target(fold)
+        if writer is not None:
+            writer.add_scalar(tag, float(value), step)
 
     def log(self, record: dict) -> None:
-        """One JSON line per epoch / event, for tools that do not read TensorBoard files."""
-        if self.jsonl is None:
+        """One JSON line per epoch / event of a fold (record['fold']), for tools that do not read TensorBoard."""
+        fh = self.fold_jsonl.get(record.get("fold")) if self.enabled else None
+        if fh is None:
             return
-        self.jsonl.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-        self.jsonl.flush()
+        fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        fh.flush()
 
-    def text(self, tag: str, text: str) -> None:
-        if self.writer is not None:
-            self.writer.add_text(tag, text)
+    def merge_metrics(self, folds) -> None:
+        """RUN/metrics.jsonl: every fold's lines, fold by fold (written once, when the summary is)."""
+        if not self.enabled:
+            return
+        lines = []
+        for k in folds:
+            path = Tags.fold_metrics(self.run_dir, k)
+            if path.exists():
+                lines.append(path.read_text())
+        tmp = self.run_dir / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(lines))
+        os.replace(tmp, self.run_dir / "metrics.jsonl")
+
+    def text(self, tag: str, text: str, fold: int | None = None) -> None:
+        writer = self._target(fold)
+        if writer is not None:
+            writer.add_text(tag, text)
 
     def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
+        for w in [self.writer, *self.fold_writers.values()]:
+            if w is not None:
+                w.flush()
 
     def close(self) -> None:
+        for k in list(self.fold_writers) + list(self.fold_jsonl):
+            self.end_fold(k)
         if self.writer is not None:
             self.writer.close()
-        if self.jsonl is not None:
-            self.jsonl.close()
