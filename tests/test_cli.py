@@ -60,17 +60,22 @@ def test_smoke_run_writes_the_run_folder_contract(smoke_run, small_chest):
 def test_smoke_run_tensorboard_tags(smoke_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = list((smoke_run / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(events) == 1  # one writer per run
-    acc = EventAccumulator(str(events[0]))
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
+    # one writer per file: the run's own events in tensorboard/, each fold's in tensorboard/fold_K/ (so folds
+    # can run as separate processes and a resumed fold can cut its own records back)
+    tb = smoke_run / "tensorboard"
+    for folder in (tb, tb / "fold_0", tb / "fold_1"):
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1, folder
+    accs = {}
+    for folder in (tb, tb / "fold_0", tb / "fold_1"):
+        accs[folder.name] = EventAccumulator(str(folder))
+        accs[folder.name].Reload()
+    tags = {t for a in accs.values() for t in a.Tags()["scalars"]}
     for tag in ("fold_0/val/auroc", "fold_1/val/loss", "fold_0/head/lr", "fold_0/full/train_loss",
                 "fold_0/train/lr",
                 "summary/cv_mean_auroc"):
         assert tag in tags, tag
-    assert len(acc.Scalars("fold_0/val/auroc")) == 2  # one per epoch across both stages
-    assert "config/text_summary" in acc.Tags()["tensors"]
+    assert len(accs["fold_0"].Scalars("fold_0/val/auroc")) == 2  # one per epoch across both stages
+    assert "config/text_summary" in accs["tensorboard"].Tags()["tensors"]
 
 
 def test_best_checkpoint_rebuilds_the_model(smoke_run):
@@ -150,7 +155,7 @@ def test_torchrun_two_processes_on_cpu(small_chest, tmp_path):
          "--set", "train.stages.0.epochs=1", "--output-dir", str(run), "--quiet"],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list((run / "tensorboard").rglob("events.out.tfevents.*"))) == 3  # run + one per fold, rank 0
     summary = json.loads((run / "summary.json").read_text())
     assert len(summary["folds"]) == 2
     with (run / "oof_predictions.csv").open() as fh:
