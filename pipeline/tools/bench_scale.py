@@ -257,7 +257,6 @@ def bench_data_wait(fold: _Fold, max_steps: int = 6) -> dict:
 
 
 def run_suite(device_name: str = "auto") -> dict:
-    import torch
     from monai.data.meta_obj import set_track_meta
 
     from .. import precision as precision_auto
