@@ -74,8 +74,8 @@ class Tags:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: Path | None, enabled: bool = True, tensorboard: bool = True):
+        self.run_dir = Path(run_dir) if run_dir is not None else None  # None: a disabled tracker
         self.enabled = enabled
         self.tensorboard = tensorboard
         self.writer = None  # the run's own events; opened on first use, so fold-only processes write none
