@@ -145,3 +145,131 @@ def load_run(run_dir: Path, folds: list[int] | None = None) -> FinishedRun:
     threshold = json.loads(summary.read_text()).get("threshold", 0.5) if summary.is_file() else 0.5
     return FinishedRun(run_dir, cfg, tuple(c for _, c in seeded), float(threshold),
                        seeds=tuple(dict.fromkeys(s for s, _ in seeded)))
+
+
+# ---- resume mid-fold: fold_K/last.pt ----------------------------------------------------------------------------
+#
+# Written after every finished epoch (atomically) and read with weights_only=True, so everything in it is a
+# tensor, a number, a string or a list/dict of them: RNG states are converted (numpy's and Python's tuples into
+# tensors and lists) rather than pickled. The FoldState's metrics and history travel as a JSON string, which
+# round-trips Python floats exactly and keeps numpy scalars out of the pickle.
+
+LAST = "last.pt"
+
+
+def last_checkpoint_path(run_dir: Path, fold: int) -> Path:
+    return Path(run_dir) / f"fold_{fold}" / LAST
+
+
+def _np_state(state) -> dict:
+    """numpy's ('MT19937', keys, pos, has_gauss, cached_gaussian) as weights_only-safe values."""
+    name, keys, pos, has_gauss, gauss = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _np_tuple(d: dict):
+    import numpy as np
+
+    return d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["gauss"]
+
+
+def _random_states(obj, out: list, seen: set) -> list:
+    """The numpy RandomState of every MONAI Randomizable reachable from `obj`, in the order monai's set_rnd
+    visits them (monai.data.DataLoader seeds them once, at construction, when num_workers=0; after that each
+    transform's own RandomState moves on from epoch to epoch, so a resume must restore it)."""
+    if id(obj) in seen:
+        return out
+    seen.add(id(obj))
+    if isinstance(obj, (tuple, list)):
+        for item in obj:
+            _random_states(item, out, seen)
+        return out
+    if not hasattr(obj, "__dict__"):
+        return out
+    if hasattr(obj, "set_random_state"):
+        out.append(obj)
+        # a Compose/OneOf is Randomizable too and holds transforms: keep walking into it
+    for key, value in vars(obj).items():
+        if not key.startswith("__"):
+            _random_states(value, out, seen)
+    return out
+
+
+def randomizables(obj) -> list:
+    return [o for o in _random_states(obj, [], set()) if hasattr(o, "R")]
+
+
+def capture_rng(random_objects=()) -> dict:
+    """Every RNG a training epoch draws from: torch (CPU and CUDA), numpy, Python and the transforms' own."""
+    import random
+
+    import numpy as np
+
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": _np_state(np.random.get_state()),
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "transforms": [_np_state(o.R.get_state()) for o in random_objects],
+    }
+
+
+def restore_rng(state: dict, random_objects=()) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(_np_tuple(state["numpy"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    if len(state["transforms"]) != len(random_objects):
+        raise ConfigError(f"{LAST}: {len(state['transforms'])} random transforms saved, {len(random_objects)} "
+                          "in this run's augmentation (was the augment config changed? start the fold again by "
+                          f"deleting {LAST})")
+    for obj, s in zip(random_objects, state["transforms"], strict=True):
+        obj.R.set_state(_np_tuple(s))
+
+
+@dataclass
+class ResumeState:
+    """A fold interrupted after a finished epoch: where to go on and everything needed to go on identically."""
+
+    fold: int
+    stage_index: int  # the stage to run next (== number of stages: training is over, predictions are not)
+    epoch_in_stage: int  # epochs of that stage already done; 0: the stage starts fresh (new optimiser)
+    stage_step: int  # optimiser steps of that stage already done (the scheduler's position)
+    model: dict = field(repr=False)
+    optimizer: dict | None = field(default=None, repr=False)
+    scheduler: dict | None = field(default=None, repr=False)
+    scaler: dict | None = field(default=None, repr=False)
+    fold_state: str = "{}"  # stages.FoldState without best_state, as JSON
+    best_state: dict | None = field(default=None, repr=False)
+    rng: dict = field(default_factory=dict, repr=False)
+    logs: dict = field(default_factory=dict)  # {file relative to the run folder: bytes at save time}
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ResumeState:
+        return cls(**d)
+
+
+def save_resume(state: ResumeState, path: Path) -> None:
+    atomic_save(state.to_dict(), path)
+
+
+def load_resume(path: Path) -> ResumeState | None:
+    """None when there is no last.pt. A half-written one cannot exist (atomic_save)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return ResumeState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a resume checkpoint of this pipeline ({exc}); delete it to start the "
+                          "fold again") from None

@@ -18,6 +18,7 @@ from .demo import ensure_demo_data
 from .errors import ConfigError, exits_on_error
 from .manifest import resolve_data_path
 from .rundir import cleanup_on_failure
+from .runfolder import publish_config
 from .tracking import log as logger
 from .tracking import setup_logging
 
@@ -27,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.add_argument("--output-dir", help="run folder (default: output.dir/<task>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run: finished folds are kept")
-    p.add_argument("--fold", type=int, action="append", help="run only this fold (repeatable)")
+    p.add_argument("--fold", type=int, action="append",
+                   help="run only this fold (repeatable); several --fold processes may share one --output-dir")
+    p.add_argument("--aggregate", metavar="RUN_DIR",
+                   help="write summary, report and predictions of a run whose folds ran as separate processes")
     p.add_argument("--dry-run", action="store_true", help="validate config and data, write splits, stop")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--seeds", type=int, metavar="N", help="repeat the whole CV with training seeds seed .. seed+N-1 "
@@ -43,9 +47,24 @@ def _run_dir(args, cfg: Config) -> Path:
     else:
         name = cfg.output.name or f"{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = resolve_data_path(cfg.output.dir, cfg) / name
-    if path.exists() and any(path.iterdir()):
+    # `--fold K` processes share one RUN: the folder may exist when its config.yaml is this one (checked on write)
+    if path.exists() and any(path.iterdir()) and not (args.fold and (path / "config.yaml").is_file()):
         raise ConfigError(f"--output-dir {path}: folder exists and is not empty (use --resume {path} to continue it)")
     return path
+
+
+def _aggregate(args) -> int:
+    from .report import format_table
+    from .run import aggregate
+
+    run_dir = Path(args.aggregate)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--aggregate {run_dir}: no config.yaml there (not a run folder)")
+    summary = aggregate(run_dir, load_config(str(saved)))
+    logger.info(format_table(summary))
+    logger.info(f"\nresults in {run_dir} (report.md, summary.json)")
+    return 0
 
 
 @exits_on_error(interrupted="interrupted")
@@ -55,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.append(f"train.repeats={args.seeds}")
     setup_logging(quiet=args.quiet)
     log = logger.info
+    if args.aggregate:
+        return _aggregate(args)
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
@@ -79,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         created = not run_dir.exists()
         privacy.bind_key(cfg, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        if args.resume:
+            save_config(cfg, run_dir / "config.yaml")
+        else:  # the first of several --fold processes writes it, the others must match it
+            publish_config(cfg, run_dir / "config.yaml")
         log(f"run folder: {run_dir}")
     run_dir = distributed.broadcast(run_dir, dist)
     from .report import format_table
@@ -87,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     from .seeds import format_seeds
 
     t0 = time.perf_counter()
+    # a --fold process also continues its fold (last.pt) or reuses it (result.json): a requeued array job
+    # picks up where it was killed
     with cleanup_on_failure(run_dir, created and dist.is_main):
-        summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume), dry_run=args.dry_run,
+        summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume or args.fold), dry_run=args.dry_run,
                       dist=dist, device=device)
     distributed.shutdown(dist)
     if summary is not None:

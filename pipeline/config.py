@@ -164,12 +164,23 @@ class StageConfig(Strict):
     # keep every BatchNorm's running statistics fixed (frozen layers always keep theirs): with small batches
     # of gray images, re-estimating ImageNet statistics can undo what the head stage learned
     freeze_bn: bool = False
+    # head stages only: compute the frozen backbone's pooled features once per fold (eval mode, no augmentation)
+    # and train the head on them. Much faster per epoch (no backbone forward, no image pipeline); the trade-off:
+    # this stage sees no augmentation
+    cache_features: bool = False
 
     @field_validator("train")
     @classmethod
     def _train(cls, v: str) -> str:
         parse_train_spec(v)
         return v
+
+    @model_validator(mode="after")
+    def _cache_features(self):
+        if self.cache_features and self.train != "head":
+            raise ValueError(f"cache_features: only for a stage with train: head (this one trains '{self.train}', "
+                             "so the backbone's features change every step)")
+        return self
 
 
 def _default_stages() -> list[StageConfig]:
@@ -182,7 +193,10 @@ def _default_stages() -> list[StageConfig]:
 class TrainConfig(Strict):
     batch_size: int = Field(32, ge=1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: time a few training steps of fp32 and bf16 (and fp16 on CUDA), each with channels_last on and off,
+    # at start-up, and keep the fastest with a finite loss (sets channels_last too; recorded in precision.json
+    # and summary.json, and reused by --resume and by every --fold process of the run)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = True
     seed: int = 42
     # repeat the whole cross-validation with training seeds seed, seed+1, ... on the same folds (cv.seed):

@@ -48,8 +48,10 @@ def _to_device(batch, device, channels_last: bool):
 
 def train_one_epoch(model, loader, optimizer, loss_fn, device, *, scheduler=None, step0: int = 0,
                     frozen=(), precision="fp32", scaler=None, channels_last=True, progress=None,
-                    on_step=None, log_every: int = 10) -> dict:
-    """`frozen`: modules whose BatchNorm statistics must not move (backbone-frozen stage)."""
+                    on_step=None, log_every: int = 10, backbone_no_grad: bool = False) -> dict:
+    """`frozen`: modules whose BatchNorm statistics must not move (backbone-frozen stage).
+    `backbone_no_grad`: only the head trains, so timm's forward_features runs under no_grad (no activations
+    kept for a backward that never reaches them) and only forward_head builds a graph."""
     model.train()
     freeze_bn_stats(frozen)
     total, count, seen = 0.0, 0, 0
@@ -58,7 +60,12 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, *, scheduler=None
     for batch in loader:
         x, y = _to_device(batch, device, channels_last)
         with autocast(device, precision):
-            logits = model(x)
+            if backbone_no_grad:
+                with torch.no_grad():
+                    features = model.forward_features(x)
+                logits = model.forward_head(features)
+            else:
+                logits = model(x)
         loss = loss_fn(logits, y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}")

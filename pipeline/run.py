@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -16,14 +17,28 @@ from monai.utils import set_determinism
 from torch.utils.data import DistributedSampler
 
 from . import checks, distributed
-from .checkpoint import FoldCheckpoint, fold_checkpoint_path, save_checkpoint, seed_dir
+from . import precision as precision_auto
+from .checkpoint import (
+    FoldCheckpoint,
+    ResumeState,
+    capture_rng,
+    fold_checkpoint_path,
+    last_checkpoint_path,
+    load_resume,
+    randomizables,
+    restore_rng,
+    save_checkpoint,
+    save_resume,
+    seed_dir,
+)
 from .config import Config
-from .cv import Splits, load_splits, make_splits, save_splits
+from .cv import Splits, make_splits
 from .datasets import Decoded, decode_samples, sample_dataset
 from .engine import make_loss, predict
 from .errors import ConfigError
 from .manifest import Manifest, Skipped, load_manifest
 from .models import build_model
+from .runfolder import publish_once, replace_text
 from .seeds import seed_config, training_seeds, write_seed_outputs
 from .stages import FoldState, TrainContext, operating_threshold, run_stage
 from .threads import apply_threads, loader_workers
@@ -45,10 +60,32 @@ class Prepared:
 
 
 def write_skipped(skipped, run_dir: Path) -> None:
-    with (run_dir / "skipped.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["image", "row", "reason"])
-        w.writeheader()
-        w.writerows(s.as_dict() for s in skipped)
+    # atomic: every --fold process of a run writes the same list
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=["image", "row", "reason"])
+    w.writeheader()
+    w.writerows(s.as_dict() for s in skipped)
+    replace_text(run_dir / "skipped.csv", buf.getvalue())
+
+
+def read_skipped(run_dir: Path) -> list[Skipped]:
+    path = run_dir / "skipped.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [Skipped(r["image"], int(r["row"]) if r["row"] not in ("", None) else None, r["reason"])
+                for r in csv.DictReader(fh)]
+
+
+def _publish_splits(splits: Splits, path: Path) -> Splits:
+    """The first process writes splits.json; the others (fold processes, --resume, --aggregate) must compute the
+    same folds from their data, or the fold results would index different samples."""
+    text = json.dumps(splits.to_json(), indent=1)
+    existing = publish_once(path, text)
+    if existing is not None and json.loads(existing) != json.loads(text):
+        raise ConfigError(f"{path}: the folds of this run differ from the ones computed from the data now (the "
+                          "manifest, the readable files or cv settings changed); use another --output-dir")
+    return splits
 
 
 def _class_weights(cfg: Config, samples, train_idx, device):
@@ -67,8 +104,21 @@ def _class_weights(cfg: Config, samples, train_idx, device):
     return torch.tensor((known - pos) / np.maximum(pos, 1), dtype=torch.float32, device=device), None
 
 
+def prepare_without_decoding(cfg: Config, run_dir: Path) -> Prepared:
+    """For --aggregate: the samples the folds trained on, rebuilt from the manifest and the run's skipped.csv
+    without decoding a single image; checked against splits.json."""
+    manifest = load_manifest(cfg)
+    in_manifest = {(m.image, m.row) for m in manifest.skipped}
+    skipped = tuple(s for s in read_skipped(run_dir) if (s.image, s.row) not in in_manifest)
+    dropped = {(s.image, s.row) for s in skipped}
+    samples = tuple(s for s in manifest.samples if (s.image, s.row) not in dropped)
+    splits = _publish_splits(make_splits(samples, cfg), run_dir / "splits.json")
+    return Prepared(manifest, Decoded(samples, None, skipped), splits)
+
+
 def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, main_rank: bool = True) -> Prepared:
-    """Deterministic, so every torchrun rank computes the same samples and folds; only rank 0 writes them."""
+    """Deterministic, so every torchrun rank (and every --fold process) computes the same samples and folds;
+    only rank 0 writes them, and the first process of a run wins (splits.json is compared, never replaced)."""
     manifest = checks.before_decode(cfg, load_manifest(cfg))  # headers, rows, memory: before any pixel
     t0 = time.perf_counter()
     decoded = decode_samples(cfg, manifest.samples, progress=cfg.train.progress and main_rank)
@@ -82,14 +132,10 @@ def prepare(cfg: Config, run_dir: Path, *, resume: bool = False, main_rank: bool
     if main_rank and (skipped or cfg.data.on_error == "skip"):
         write_skipped(skipped, run_dir)  # with on_error=skip an empty list is news too
     decoded = checks.after_decode(cfg, decoded, len(skipped))  # same pixels under two patients, emptied classes
-    split_path = run_dir / "splits.json"
-    if resume and split_path.exists():
-        splits = load_splits(split_path)
-    else:
-        splits = make_splits(decoded.samples, cfg)
-        checks.check_folds(cfg, decoded.samples, splits)
-        if main_rank:
-            save_splits(splits, split_path)
+    splits = make_splits(decoded.samples, cfg)
+    checks.check_folds(cfg, decoded.samples, splits)
+    if main_rank:
+        _publish_splits(splits, run_dir / "splits.json")
     return Prepared(manifest, decoded, splits)
 
 
@@ -109,7 +155,7 @@ def _loader(cfg: Config, dataset, shuffle: bool, device, sampler=None) -> DataLo
 def _log_inputs(cfg: Config, prep: Prepared, train_idx, norm, fold: int, tracker: Tracker, n: int = 16) -> None:
     """A grid of training inputs as the network sees them (augmented), un-normalised for display. A fresh
     transform (own random state) draws them, so logging images leaves the training augmentations unchanged."""
-    if not tracker.log_images or not tracker.tensorboard:
+    if not tracker.log_images or not tracker.tensorboard or not tracker.enabled:
         return
     tf = sample_transforms(cfg, norm.mean, norm.std, train=True)
     data = sample_dataset(cfg, prep.decoded, list(train_idx[:n]), tf)
@@ -120,7 +166,10 @@ def _log_inputs(cfg: Config, prep: Prepared, train_idx, norm, fold: int, tracker
 
 
 def train_fold(cfg: Config, fold: int, prep: Prepared, run_dir: Path, device, tracker: Tracker,
-               dist: distributed.Dist = distributed.SINGLE) -> dict:
+               dist: distributed.Dist = distributed.SINGLE, resumable: bool = True) -> dict:
+    """One fold, from its fold_K/last.pt when there is one (`resumable`): the weights, optimiser, scheduler,
+    FoldState and RNG states of its last finished epoch. The fold's records past that epoch are cut off
+    (Tracker.start_fold), so redone epochs are not logged twice."""
     samples = prep.decoded.samples
     t_fold = time.perf_counter()
     torch.manual_seed(cfg.train.seed + fold)
@@ -138,21 +187,58 @@ def train_fold(cfg: Config, fold: int, prep: Prepared, run_dir: Path, device, tr
     train_loader = _loader(cfg, train_set, True, device, sampler)
     val_loader = _loader(cfg, sample_dataset(cfg, prep.decoded, val_idx, eval_tf), False, device)
     pos_weight, class_weight = _class_weights(cfg, samples, train_idx, device)
+
+    def feature_loaders():
+        return (_loader(cfg, sample_dataset(cfg, prep.decoded, train_idx, eval_tf), False, device),
+                _loader(cfg, sample_dataset(cfg, prep.decoded, val_idx, eval_tf), False, device))
+
     ctx = TrainContext(
         device=device, dist=dist, tracker=tracker, loss_fn=make_loss(cfg.task.type, pos_weight, class_weight),
         scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" and device.type == "cuda" else None,
-        train_sampler=sampler)
+        train_sampler=sampler, feature_loaders=feature_loaders)
     f = prep.splits.folds[fold]
-    log.info(f"fold {fold}: {len(train_idx)} train / {len(val_idx)} val samples "
-             f"({len(f.train_patients)} / {len(f.val_patients)} patients)")
-    _log_inputs(cfg, prep, train_idx, norm, fold, tracker)
-    state = FoldState(fold=fold)
-    for stage in cfg.train.stages:
-        run_stage(model, stage, cfg, train_loader, val_loader, state, ctx)
-
-    model.load_state_dict(state.best_state)
     fold_dir = run_dir / f"fold_{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
+    last_path = last_checkpoint_path(run_dir, fold)
+    # every rank reads last.pt (rank 0 wrote it) so all ranks go on from the same epoch
+    resume = load_resume(last_path) if resumable else None
+    random_objects = randomizables(train_loader.dataset)
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        state = FoldState.from_json(resume.fold_state, resume.best_state)
+        restore_rng(resume.rng, random_objects)
+        log.info(f"fold {fold}: resuming after epoch {state.epoch} (stage {resume.stage_index + 1} of "
+                 f"{len(cfg.train.stages)}, from {last_path})")
+    else:
+        state = FoldState(fold=fold)
+    if dist.is_main:
+        tracker.start_fold(fold, resume.logs if resume is not None else None)
+    log.info(f"fold {fold}: {len(train_idx)} train / {len(val_idx)} val samples "
+             f"({len(f.train_patients)} / {len(f.val_patients)} patients)")
+    if resume is None:
+        _log_inputs(cfg, prep, train_idx, norm, fold, tracker)
+
+    def on_epoch_end(stage_index, epoch_in_stage, stage_step, optimizer, scheduler):
+        if not dist.is_main:
+            return
+        save_resume(ResumeState(
+            fold=fold, stage_index=stage_index, epoch_in_stage=epoch_in_stage, stage_step=stage_step,
+            model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            optimizer=optimizer.state_dict() if optimizer is not None else None,
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            scaler=ctx.scaler.state_dict() if ctx.scaler is not None and optimizer is not None else None,
+            fold_state=state.to_json(), best_state=state.best_state,
+            rng=capture_rng(random_objects), logs=tracker.fold_sizes(fold)), last_path)
+
+    ctx.on_epoch_end = on_epoch_end
+    first_stage = resume.stage_index if resume is not None else 0
+    for i, stage in enumerate(cfg.train.stages):
+        if i < first_stage:
+            continue
+        run_stage(model, stage, cfg, train_loader, val_loader, state, ctx, stage_index=i,
+                  resume=resume if resume is not None and i == resume.stage_index else None)
+
+    model.load_state_dict(state.best_state)
     if dist.is_main:
         save_checkpoint(FoldCheckpoint(
             fold=fold, state_dict=state.best_state, model=cfg.model.model_copy(update={"stem": built.stem}),
@@ -177,10 +263,76 @@ def train_fold(cfg: Config, fold: int, prep: Prepared, run_dir: Path, device, tr
         "history": state.history, "val": val, "test": _scores(test_idx) if test_idx else None,
         "seconds": round(time.perf_counter() - t_fold, 1),
     }
-    # written last: its presence marks the fold as finished for --resume
+    # written last (atomically): its presence marks the fold as finished for --resume and --aggregate; last.pt
+    # goes once the result is there (a kill in between leaves last.pt at "training over": predictions redone)
     if dist.is_main:
-        (fold_dir / "result.json").write_text(json.dumps(result))
+        replace_text(fold_dir / "result.json", json.dumps(result))
+        last_path.unlink(missing_ok=True)
+        tracker.end_fold(fold)
     return result
+
+
+def choose_precision(cfg: Config, run_dir: Path, device, dist: distributed.Dist) -> dict:
+    """Resolve `train.precision: auto` once per run (precision.json, first process wins) and set cfg.train."""
+    path = run_dir / "precision.json"
+    if cfg.train.precision != "auto":
+        return {"auto": False, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last}
+    if path.is_file():
+        choice = json.loads(path.read_text())
+        log.info(f"precision auto: {choice['precision']} with channels_last={choice['channels_last']} "
+                 f"(measured earlier, {path})")
+    else:
+        log.info("precision auto: timing fp32/bf16" + ("/fp16" if device.type == "cuda" else "")
+                 + " x channels_last on/off ...")
+        choice = precision_auto.measure(cfg, device)
+        if dist.enabled:  # every rank must train with rank 0's choice
+            choice = distributed.broadcast(choice, dist)
+        existing = publish_once(path, json.dumps(choice, indent=1)) if dist.is_main else None
+        if existing is not None:  # a concurrent --fold process measured first: use its choice
+            choice = json.loads(existing)
+        log.info(precision_auto.describe(choice))
+    cfg.train.precision = choice["precision"]
+    cfg.train.channels_last = choice["channels_last"]
+    return choice
+
+
+def _write_summary(cfg: Config, run_dir: Path, prep: Prepared, per_seed: dict[int, list], tracker: Tracker,
+                   choice: dict, started: float | None = None) -> dict:
+    summary = write_seed_outputs(cfg, run_dir, prep, per_seed, tracker, started=started)
+    summary["precision"] = choice
+    replace_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    if len(per_seed) == 1:
+        tracker.merge_metrics([r["fold"] for r in next(iter(per_seed.values()))])
+    return summary
+
+
+def aggregate(run_dir: Path, cfg: Config) -> dict:
+    """`--aggregate RUN`: summary, report, predictions and TensorBoard summary from the finished folds
+    (fold_K/result.json) of a run whose folds ran as separate processes."""
+    if cfg.train.repeats > 1:
+        raise ConfigError(f"--aggregate {run_dir}: runs with train.repeats > 1 are aggregated by the run itself")
+    missing = [k for k in range(cfg.cv.folds) if not (run_dir / f"fold_{k}" / "result.json").is_file()]
+    if missing:
+        running = [k for k in missing if last_checkpoint_path(run_dir, k).is_file()]
+        raise ConfigError(f"--aggregate {run_dir}: fold(s) {', '.join(map(str, missing))} of {cfg.cv.folds} not "
+                          "finished (no fold_K/result.json" + (f"; {', '.join(map(str, running))} started" if running
+                          else "") + "); run them with --output-dir RUN --fold K")
+    set_track_meta(False)
+    prep = prepare_without_decoding(cfg, run_dir)
+    results = [json.loads((run_dir / f"fold_{k}" / "result.json").read_text()) for k in range(cfg.cv.folds)]
+    n = len(prep.decoded.samples)
+    if any(i >= n for r in results for i in r["val"]["indices"]):
+        raise ConfigError(f"--aggregate {run_dir}: fold results index samples the manifest no longer has")
+    precision_file = run_dir / "precision.json"
+    choice = (json.loads(precision_file.read_text()) if precision_file.is_file()
+              else {"auto": False, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last})
+    tracker = Tracker(run_dir)
+    config_file = run_dir / "config.yaml"
+    tracker.text(Tags.CONFIG, "```\n" + config_file.read_text() + "\n```")
+    try:
+        return _write_summary(cfg, run_dir, prep, {cfg.train.seed: results}, tracker, choice)
+    finally:
+        tracker.close()
 
 
 def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: bool = False,
@@ -209,16 +361,27 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
     for k in todo:
         if not 0 <= k < n_folds:
             raise ConfigError(f"--fold {k}: must be between 0 and {n_folds - 1} (cv.folds or the fold column)")
+    choice = choose_precision(cfg, run_dir, device, dist)
+    # a part of the folds (`--fold K`, maybe one of many processes on one RUN) writes only its fold_K files;
+    # `--aggregate RUN` writes the summary once they are all there
+    whole = sorted(set(todo)) == list(range(n_folds))
     tracker = Tracker(run_dir, enabled=dist.is_main, log_images=cfg.tracking.log_images)
-    # the resolved config beside the curves, so a TensorBoard view says what produced them
-    config_file = run_dir / "config.yaml"
-    tracker.text(Tags.CONFIG, "```\n" + config_file.read_text() + "\n```" if config_file.exists() else "")
+    if whole:
+        # the resolved config beside the curves, so a TensorBoard view says what produced them
+        config_file = run_dir / "config.yaml"
+        tracker.text(Tags.CONFIG, "```\n" + config_file.read_text() + "\n```" if config_file.exists() else "")
     seeds = training_seeds(cfg)
     per_seed: dict[int, list[dict]] = {}
+    trackers = [tracker]
     try:
         for seed in seeds:
-            # the same folds for every seed; fold_K/ for one seed, seed_S/fold_K/ when repeated
+            # the same folds for every seed; fold_K/ for one seed, seed_S/fold_K/ (with its own event folders
+            # and logs) when repeated
             base, scfg = seed_dir(run_dir, seed, len(seeds)), seed_config(cfg, seed)
+            seed_tracker = tracker
+            if base != run_dir:
+                seed_tracker = Tracker(base, enabled=dist.is_main, log_images=cfg.tracking.log_images)
+                trackers.append(seed_tracker)
             if seed != cfg.train.seed:
                 set_determinism(seed=seed)
                 log.info(f"seed {seed} ({seed - cfg.train.seed + 1} of {len(seeds)})")
@@ -229,8 +392,14 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
                     log.info(f"fold {k}: already finished, reusing {done}")
                     results.append(json.loads(done.read_text()))
                     continue
-                results.append(train_fold(scfg, k, prep, base, device, tracker, dist))
-        summary = write_seed_outputs(cfg, run_dir, prep, per_seed, tracker, started=started) if dist.is_main else None
+                results.append(train_fold(scfg, k, prep, base, device, seed_tracker, dist, resumable=resume))
+        summary = None
+        if dist.is_main and whole:
+            summary = _write_summary(cfg, run_dir, prep, per_seed, tracker, choice, started)
+        elif dist.is_main:
+            log.info(f"fold(s) {', '.join(map(str, todo))} finished in {run_dir}; once every fold is: "
+                     f"python train.py --aggregate {run_dir}")
     finally:
-        tracker.close()
+        for t in trackers:
+            t.close()
     return summary

@@ -7,6 +7,7 @@ update, the epoch's records); `run_stage` only strings them together.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from . import distributed
 from .config import Config, StageConfig
 from .engine import predict, train_one_epoch
 from .errors import TrainingError
+from .features import compute_features, feature_epoch, feature_predict
 from .metrics import compute_metrics
 from .models import set_trainable
 from .tracking import Tags, Tracker, log
@@ -35,6 +37,11 @@ class TrainContext:
     loss_fn: Callable
     scaler: torch.amp.GradScaler | None = None
     train_sampler: torch.utils.data.DistributedSampler | None = None
+    # called after every finished epoch with the position to go on from (fold_K/last.pt)
+    on_epoch_end: Callable | None = None
+    # builds the (train, val) loaders without augmentation for a cache_features stage, once per fold
+    feature_loaders: Callable | None = None
+    features: dict = field(default_factory=dict)  # the fold's cached pooled features {'train'|'val': (x, y)}
 
 
 @dataclass
@@ -50,6 +57,15 @@ class FoldState:
     best_metrics: dict = field(default_factory=dict)
     best_state: dict | None = None  # a CPU copy, never an alias of the live weights
     history: list = field(default_factory=list)
+    since_best: int = 0  # epochs of the current stage without improvement (early stop)
+
+    def to_json(self) -> str:
+        """Everything but the weights, for last.pt (JSON keeps numpy scalars out of a weights_only file)."""
+        return json.dumps({k: v for k, v in vars(self).items() if k != "best_state"})
+
+    @classmethod
+    def from_json(cls, text: str, best_state: dict | None) -> FoldState:
+        return cls(**json.loads(text), best_state=best_state)
 
 
 def build_optimizer(model, stage: StageConfig, steps_per_epoch: int):
@@ -123,19 +139,58 @@ def record_epoch(ctx: TrainContext, state: FoldState, stage: str, stats: dict, m
              f"  {stats['images_per_s']:.0f} img/s{'  *' if improved else ''}")
 
 
+def validate_features(model, cfg: Config, ctx: TrainContext) -> dict:
+    x, y = ctx.features["val"]
+    out = feature_predict(model, x, y, cfg.task.type, ctx.loss_fn, cfg.train.batch_size)
+    metrics = compute_metrics(cfg.task.type, out["targets"], out["probs"], cfg.task.classes,
+                              operating_threshold(cfg))
+    metrics["loss"] = out["loss"]
+    return metrics
+
+
 def run_stage(model, stage: StageConfig, cfg: Config, train_loader, val_loader, state: FoldState,
-              ctx: TrainContext) -> None:
+              ctx: TrainContext, *, stage_index: int = 0, resume=None) -> None:
+    """`resume` (checkpoint.ResumeState of this stage, epoch_in_stage > 0): go on after its last epoch with
+    its optimiser and scheduler state (model weights and RNG states are restored by the caller)."""
     frozen = set_trainable(model, stage.train)
     if stage.freeze_bn:
         frozen = list(model.modules())
+    cached = stage.cache_features
+    if cached and not ctx.features:
+        # once per fold, in eval mode without augmentation; fork_rng: building loaders and running the
+        # backbone must not move the RNG streams training draws from (a resumed fold recomputes them)
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+            train_plain, val_plain = ctx.feature_loaders()
+            ctx.features.update(train=compute_features(model, train_plain, ctx.device),
+                                val=compute_features(model, val_plain, ctx.device))
+        log.info(f"  fold {state.fold} {stage.name}: cached pooled features of {len(ctx.features['train'][0])} "
+                 f"train / {len(ctx.features['val'][0])} val samples (no augmentation in this stage)")
+    # a head-only stage never needs the backbone's activations for backward: run it under no_grad (not under
+    # DDP, whose gradient hooks need the wrapped forward)
+    backbone_no_grad = stage.train == "head" and not ctx.dist.enabled
     train_model = distributed.wrap(model, ctx.dist, ctx.device)
-    optimizer, scheduler = build_optimizer(model, stage, max(1, len(train_loader)))
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    ctx.tracker.log({"event": "stage_start", "fold": state.fold, "stage": stage.name, "train": stage.train,
-                     "trainable_params": n_trainable})
-    since_best, stage_step = 0, 0
-    progress = cfg.train.progress and ctx.dist.is_main
-    for _ in range(stage.epochs):
+    if cached:
+        n = len(ctx.features["train"][0])
+        bs = cfg.train.batch_size
+        steps_per_epoch = max(1, n // bs if n % bs == 1 and n > 1 else -(-n // bs))
+    else:
+        steps_per_epoch = max(1, len(train_loader))
+    optimizer, scheduler = build_optimizer(model, stage, steps_per_epoch)
+    first_epoch, stage_step = 0, 0
+    if resume is not None and resume.epoch_in_stage > 0:
+        optimizer.load_state_dict(resume.optimizer)
+        if scheduler is not None and resume.scheduler is not None:
+            scheduler.load_state_dict(resume.scheduler)
+        if ctx.scaler is not None and resume.scaler is not None:
+            ctx.scaler.load_state_dict(resume.scaler)
+        first_epoch, stage_step = resume.epoch_in_stage, resume.stage_step
+    else:
+        state.since_best = 0
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        ctx.tracker.log({"event": "stage_start", "fold": state.fold, "stage": stage.name, "train": stage.train,
+                         "trainable_params": n_trainable, "cache_features": cached})
+    progress = cfg.train.progress and ctx.dist.is_main and not cached
+    for epoch_in_stage in range(first_epoch + 1, stage.epochs + 1):
         state.epoch += 1
         if ctx.train_sampler is not None:
             ctx.train_sampler.set_epoch(state.epoch)
@@ -151,10 +206,16 @@ def run_stage(model, stage: StageConfig, cfg: Config, train_loader, val_loader, 
             ctx.tracker.scalar(Tags.step(stage.name, "lr"), lr, offset + step, fold=state.fold)
 
         try:
-            stats = train_one_epoch(
-                train_model, train_loader, optimizer, ctx.loss_fn, ctx.device, scheduler=scheduler,
-                step0=stage_step, frozen=frozen, precision=cfg.train.precision, scaler=ctx.scaler,
-                channels_last=cfg.train.channels_last, progress=bar, on_step=on_step, log_every=cfg.train.log_every)
+            if cached:
+                stats = feature_epoch(model, *ctx.features["train"], optimizer, ctx.loss_fn, cfg.train.batch_size,
+                                      scheduler=scheduler, step0=stage_step, on_step=on_step,
+                                      log_every=cfg.train.log_every)
+            else:
+                stats = train_one_epoch(
+                    train_model, train_loader, optimizer, ctx.loss_fn, ctx.device, scheduler=scheduler,
+                    step0=stage_step, frozen=frozen, precision=cfg.train.precision, scaler=ctx.scaler,
+                    channels_last=cfg.train.channels_last, progress=bar, on_step=on_step,
+                    log_every=cfg.train.log_every, backbone_no_grad=backbone_no_grad)
         except FloatingPointError as exc:
             raise TrainingError(
                 f"fold {state.fold}, stage '{stage.name}', epoch {state.epoch}: {exc}; lower "
@@ -165,16 +226,23 @@ def run_stage(model, stage: StageConfig, cfg: Config, train_loader, val_loader, 
                 bar.close()
         state.step += stats["steps"] - stage_step
         stage_step = stats["steps"]
-        metrics = validate(model, val_loader, cfg, ctx)
+        metrics = validate_features(model, cfg, ctx) if cached else validate(model, val_loader, cfg, ctx)
         if metrics.pop("constant_prediction", False):
             log.warning(f"warning: fold {state.fold}, stage '{stage.name}', epoch {state.epoch}: the model predicts "
                         "the same probability for every validation image; its AUROC is not a score (lower the "
                         "learning rate, or check the labels)")
         improved = update_best(state, model, monitor_score(metrics, cfg.train.monitor), metrics, stage.name)
-        since_best = 0 if improved else since_best + 1
+        state.since_best = 0 if improved else state.since_best + 1
         record_epoch(ctx, state, stage.name, stats, metrics, improved)
-        if stage.patience and since_best >= stage.patience:
+        stop = bool(stage.patience and state.since_best >= stage.patience)
+        if stop:
             ctx.tracker.log({"event": "early_stop", "fold": state.fold, "stage": stage.name, "epoch": state.epoch})
+        if ctx.on_epoch_end is not None:
+            if stop or epoch_in_stage == stage.epochs:  # this stage is over: go on with the next one
+                ctx.on_epoch_end(stage_index + 1, 0, 0, None, None)
+            else:
+                ctx.on_epoch_end(stage_index, epoch_in_stage, stage_step, optimizer, scheduler)
+        if stop:
             break
     ctx.tracker.flush()
     del optimizer, train_model

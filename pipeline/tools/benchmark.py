@@ -1,6 +1,8 @@
 """Throughput of decoding and of the model, printed as ONE JSON object.
 
     graystem benchmark [--what decode,train,infer] [--size 128] [--batch 32] [--seconds 10] [--device auto]
+    graystem benchmark --suite scale     (decode cache / process pool / frozen stage / data wait / precision
+                                          auto: see pipeline/tools/bench_scale.py)
 
 decode: images/s of read_gray on the same radiograph stored uncompressed (RG1_UNCR), RLE (written here from
         RG1_UNCR) and JPEG 2000 (RG1_J2KR), plus a small MR pair (MR_small uncompressed / RLE); pydicom-data files.
@@ -169,6 +171,8 @@ def bench_model(what: list[str], size: int, batch: int, seconds: float, device_n
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", choices=("default", "scale"), default="default",
+                   help="default: decode/train/infer throughput; scale: the issue-9 suite (bench_scale.py)")
     p.add_argument("--what", default=",".join(WHAT), help="comma-separated: decode, train, infer (default all)")
     p.add_argument("--size", type=int, default=128, help="model input size (default 128)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
@@ -183,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
 @exits_on_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be >= 1")
+    if args.suite == "scale":
+        import torch
+
+        from .bench_scale import main_scale
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return main_scale(args.device)
     what = [w.strip() for w in args.what.split(",") if w.strip()]
     bad = [w for w in what if w not in WHAT]
     if bad or not what:
