@@ -180,6 +180,9 @@ class ReportConfig(Strict):
     # operating point for sensitivity/specificity: a number, or 'youden' chosen on out-of-fold predictions
     threshold: float | Literal["youden"] = 0.5
     calibration_bins: int = Field(10, ge=2)
+    # Grad-CAM panel (RUN/cam_panel.png, in report.md) on the most confident test cases and errors.
+    # TODO(issue 12): also off when tracking.log_images is false, once that key exists on this branch.
+    cam_panel: bool = True
 
 
 class OutputConfig(Strict):

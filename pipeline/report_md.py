@@ -83,6 +83,11 @@ def write_report(run_dir: Path, summary: dict, oof, test, cfg) -> None:
     for png in _plots(run_dir, oof, test, summary["type"], summary["classes"], cfg.report.calibration_bins,
                       summary.get("positive_class")):
         lines += ["", f"![{png[:-4]}]({png})"]
+    if (run_dir / "cam_panel.png").is_file():  # pipeline.cam.report_cam_panel (report.cam_panel)
+        lines += ["", "## Where the fold ensemble looks (Grad-CAM, test set)", "",
+                  "Most confident correct test images per class and the most confident errors; each map is of the "
+                  "class the ensemble decided. A map on a corner marker or text instead of anatomy is a shortcut.",
+                  "", "![Grad-CAM panel](cam_panel.png)"]
     lines += ["", "Files: `summary.json`, `oof_predictions.csv`, `test_predictions.csv`, `splits.json`, "
               "`fold_K/best.pt`, `tensorboard/` (`tensorboard --logdir " + str(run_dir / "tensorboard") + "`).", ""]
     (run_dir / "report.md").write_text("\n".join(lines))
