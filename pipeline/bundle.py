@@ -106,7 +106,7 @@ def inference_config(run: FinishedRun, meta: dict) -> dict:
              "track_meta": False},
         ]},
         "classes": list(meta["task"]["classes"]),
-        "probabilities": "$@network(@preprocessing({'image': @image})['image'][None].to(@device))[0]",
+        "probabilities": "$@network(@preprocessing({'image': @image})['image'][None].to(@device))[0].detach()",
         "run": ["$print(dict(zip(@classes, @probabilities.tolist())))"],
     }
 
