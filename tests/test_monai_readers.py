@@ -12,6 +12,17 @@ from pipeline.io import ReaderOptions, read_gray
 from pipeline.io.monai_readers import DicomGrayReader, GrayReader, RasterGrayReader
 
 
+@pytest.fixture(autouse=True)
+def _meta_tensors():
+    """A training run in the same process turns MONAI's meta tracking off (run.run); these tests read .meta."""
+    from monai.data import get_track_meta, set_track_meta
+
+    before = get_track_meta()
+    set_track_meta(True)
+    yield
+    set_track_meta(before)
+
+
 def data(name):
     path = get_testdata_file(name)
     assert path is not None, f"{name} missing: pip install pydicom-data"
