@@ -219,6 +219,9 @@ class ReportConfig(Strict):
     # extra operating points (binary), chosen on out-of-fold predictions and reported on the test set
     target_sensitivity: float | None = Field(0.95, gt=0, le=1)
     target_specificity: float | None = Field(0.95, gt=0, le=1)
+    # Grad-CAM panel (RUN/cam_panel.png, in report.md) on the most confident test cases and errors; never drawn
+    # when tracking.log_images is false
+    cam_panel: bool = True
 
 
 class TrackingConfig(Strict):

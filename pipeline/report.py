@@ -212,10 +212,23 @@ def write_outputs(cfg, run_dir: Path, prep, results, tracker, started: float | N
         for k in METRICS:
             tracker.scalar(Tags.test(k), test_summary.get(k), 0)
     tracker.hparams(*_hparams(cfg, summary))
+    if cfg.report.cam_panel and cfg.tracking.log_images and tests:  # no patient pixels when images are off
+        _cam_panel(run_dir)
     from .report_md import write_report
 
     write_report(run_dir, summary, oof, test, cfg, tracker)
     return summary
+
+
+def _cam_panel(run_dir: Path) -> None:
+    """Grad-CAM panel for report.md; a failure here costs the picture, never the finished run."""
+    from .cam import report_cam_panel
+    from .tracking import log
+
+    try:
+        report_cam_panel(run_dir)
+    except Exception as exc:  # the run's results are already written
+        log.warning(f"grad-cam panel not drawn: {type(exc).__name__}: {exc}")
 
 
 def format_table(summary: dict) -> str:

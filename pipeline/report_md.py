@@ -133,6 +133,11 @@ def write_report(run_dir: Path, summary: dict, oof, test, cfg, tracker=None) -> 
 
         plt.close(fig)
         lines += ["", f"![{name}]({name}.png)"]
+    if (run_dir / "cam_panel.png").is_file():  # pipeline.cam.report_cam_panel (report.cam_panel)
+        lines += ["", "## Where the fold ensemble looks (Grad-CAM, test set)", "",
+                  "Most confident correct test images per class and the most confident errors; each map is of the "
+                  "class the ensemble decided. A map on a corner marker or text instead of anatomy is a shortcut.",
+                  "", "![Grad-CAM panel](cam_panel.png)"]
     lines += ["", "Files: `summary.json` (with `provenance`: package versions, git commit, manifest and config "
               "hashes, machine, wall time), `oof_predictions.csv`, `test_predictions.csv`, `splits.json`, "
               "`fold_K/best.pt`, `tensorboard/fold_K/` and `tensorboard/summary/` (`tensorboard --logdir "

@@ -246,8 +246,8 @@ def test_exported_torchscript_matches_predict(smoke_run, small_chest, tmp_path):
 
     out = tmp_path / "model.ts"
     assert export_main([str(smoke_run), "--out", str(out)]) == 0
-    meta = json.loads((tmp_path / "model.ts.json").read_text())
-    assert meta["classes"] == ["normal", "pneumonia"] and meta["folds"] == [0, 1]
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert meta["task"]["classes"] == ["normal", "pneumonia"] and meta["model"]["folds"] == [0, 1]
     scripted = torch.jit.load(str(out))
     image = str(small_chest.parent / next(csv.DictReader(small_chest.open()))["image"])
     cfg = load_config(str(smoke_run / "config.yaml"))

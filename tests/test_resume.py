@@ -14,6 +14,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.demo import make_demo
+from pipeline.tracking import Tags
 
 ROOT = Path(__file__).resolve().parents[1]
 # three head epochs leave time to kill the run between two checkpoints of one stage
@@ -88,8 +89,8 @@ def test_resume_after_sigkill_mid_fold_matches_an_uninterrupted_run(manifest, un
 
     acc = EventAccumulator(str(run / "tensorboard" / "fold_0"))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("fold_0/val/auroc")] == [1, 2, 3, 4, 5]
-    steps = [e.step for e in acc.Scalars("fold_0/head/train_loss")]
+    assert [e.step for e in acc.Scalars(Tags.val("auroc"))] == [1, 2, 3, 4, 5]
+    steps = [e.step for e in acc.Scalars(Tags.step("head", "train_loss"))]
     assert steps == sorted(set(steps))
 
 

@@ -2,6 +2,7 @@
 
     graystem predict RUN_DIR IMAGE [IMAGE ...] [--out predictions.csv]
     graystem predict RUN_DIR --manifest new.csv [--out predictions.csv]
+    graystem predict RUN_DIR IMAGE ... --cam cams/ [--cam-class positive|predicted] [--cam-npy]
 
 Each image is read with the run's reader options and resized as in training, and normalised with the
 statistics stored in the checkpoint (the model factory's, never timm's 3-channel defaults).
@@ -46,6 +47,12 @@ def main(argv=None) -> int:
     ap.add_argument("--manifest", type=Path, help="CSV with an 'image' column (and optional 'frame')")
     ap.add_argument("--out", type=Path, help="write a CSV here (default: print JSON lines)")
     ap.add_argument("--on-error", choices=["raise", "skip"], default="raise")
+    ap.add_argument("--cam", type=Path, metavar="DIR",
+                    help="also write a Grad-CAM overlay PNG per image here (fold-ensemble map on the pixels the "
+                         "network saw)")
+    ap.add_argument("--cam-class", choices=["positive", "predicted"], default="positive",
+                    help="binary runs: map the positive class (default) or the class decided at the threshold")
+    ap.add_argument("--cam-npy", action="store_true", help="with --cam: also save each raw map as .npy")
     args = ap.parse_args(argv)
     items = [(str(Path(p).resolve()), None) for p in args.images]
     if args.manifest:
@@ -72,6 +79,13 @@ def main(argv=None) -> int:
             print(json.dumps(r))
     for s in skipped:
         print(f"skipped: {s['image']}: {s['reason']}", file=sys.stderr)
+    if args.cam:
+        from ..cam import write_cams
+
+        bad = {s["image"] for s in skipped}
+        pngs = write_cams(args.run_dir, [it for it in items if it[0] not in bad], args.cam,
+                          save_npy=args.cam_npy, target=args.cam_class)
+        print(f"wrote {len(pngs)} Grad-CAM overlay(s) to {args.cam}", file=sys.stderr)
     return 0
 
 
