@@ -7,6 +7,7 @@ Exit codes: 0 done, 2 bad input (one line on stderr naming the file, row or key,
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -117,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume or args.fold), dry_run=args.dry_run,
                       dist=dist, device=device)
     distributed.shutdown(dist)
+    if args.dry_run and created and not args.output_dir and dist.is_main:
+        # a dry run checks; it leaves no half-made run folder unless asked for one (--output-dir keeps
+        # config.yaml, splits.json and skipped.csv for inspection, or for --fold processes to share)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log("dry run: nothing kept (pass --output-dir to keep config.yaml and splits.json)")
     if summary is not None:
         log("")
         log(format_table(summary))
