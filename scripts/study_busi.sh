@@ -13,6 +13,10 @@ run default
 run none --set model.pretrained=none
 run repeat --set model.stem=repeat
 run random --set model.stem=random
-run px224 --set data.image_size=224
-graystem compare "$out/default" "$out/none" "$out/repeat" "$out/random" "$out/px224" --json > "$out/compare.json"
-graystem compare "$out/default" "$out/none" "$out/repeat" "$out/random" "$out/px224"
+[ "${WITH_224:-0}" = 1 ] && run px224 --set data.image_size=224
+runs=("$out/default" "$out/none" "$out/repeat" "$out/random")
+[ -d "$out/px224" ] && runs+=("$out/px224")
+for on in test oof; do
+  graystem compare "${runs[@]}" --on "$on" --json > "$out/compare_$on.json"
+  graystem compare "${runs[@]}" --on "$on"
+done

@@ -20,7 +20,7 @@ from pydicom.data import get_testdata_file
 from pipeline.cache import READER_VERSION, DiskStore, MemoryStore
 from pipeline.config import load_config
 from pipeline.datasets import decode_samples, dequantize, image_reader, sample_dataset
-from pipeline.errors import ImageReadError
+from pipeline.errors import DataError
 from pipeline.manifest import load_manifest
 from pipeline.threads import available_cores, loader_workers
 from pipeline.transforms import sample_transforms
@@ -53,7 +53,7 @@ def small_set(tmp_path) -> Path:
 
 def _cfg(manifest: Path, cache_dir: Path, *more: str):
     return load_config("smoke", [f"data.manifest={manifest}", "data.demo=null", "data.cache=disk",
-                                 f"data.cache_dir={cache_dir}", "data.image_size=32", *more])
+                                 f"data.cache_dir={cache_dir}", "data.image_size=32", "data.min_size=8", *more])
 
 
 def _decode(cfg, workers=2):
@@ -141,9 +141,9 @@ def test_a_skipped_file_keeps_the_reader_reason_and_its_row(small_set, tmp_path)
     assert "RuntimeError: applying transform" not in skip.reason and skip.reason
     again = _decode(_cfg(small_set, tmp_path / "cache", "data.on_error=skip"))
     assert again.from_cache == N_PNG and len(again.skipped) == 1  # a bad file is tried (and skipped) again
-    with pytest.raises(ImageReadError, match=re.escape(skip.reason)) as info:  # on_error=raise: the same words
+    with pytest.raises(DataError, match=re.escape(skip.reason)) as info:  # on_error=raise: the same words
         _decode(_cfg(small_set, tmp_path / "cache2"))
-    assert info.value.path == skip.image
+    assert str(info.value).startswith(f"labels.csv row 5: {skip.image}: ")
 
 
 def test_predict_reads_through_the_runs_disk_cache(small_set, tmp_path):
@@ -165,7 +165,7 @@ _WRITER = textwrap.dedent("""
     from pipeline.manifest import load_manifest
     manifest, cache, flag = sys.argv[1:4]
     cfg = load_config("smoke", [f"data.manifest={manifest}", "data.demo=null", "data.cache=disk",
-                                f"data.cache_dir={cache}", "data.image_size=32"])
+                                f"data.cache_dir={cache}", "data.image_size=32", "data.min_size=8"])
     samples = load_manifest(cfg).samples
     Path(flag + ".ready").touch()
     while not Path(flag).exists():
@@ -233,7 +233,7 @@ def large_manifest(tmp_path_factory) -> Path:
 def _dry_run(manifest: Path, cache: Path, run: Path) -> str:
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", "smoke", "--set", f"data.manifest={manifest}",
            "--set", "data.demo=null", "--set", "data.cache=disk", "--set", f"data.cache_dir={cache}",
-           "--set", "data.image_size=32", "--output-dir", str(run), "--dry-run"]
+           "--set", "data.image_size=32", "--set", "data.min_size=8", "--output-dir", str(run), "--dry-run"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout + done.stderr

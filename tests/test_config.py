@@ -22,7 +22,7 @@ def test_builtin_configs_validate(name):
 
 def test_unknown_key_names_the_key():
     with pytest.raises(ConfigError, match=r"--set train\.lerning_rate=0\.1: unknown key \(valid keys in train: "
-                                          r"batch_size, .*stages\)"):
+                                          r"batch_size, .*stages, threads\)"):
         load_config("chest_xray", ["train.lerning_rate=0.1"])
 
 
