@@ -138,11 +138,20 @@ def compute_metrics(task_type: str, y, p, classes, threshold: float = 0.5, bins:
     return multilabel_metrics(y, p, classes, threshold, bins)
 
 
+def _between(p, t: float) -> float:
+    """roc_curve's thresholds are scores themselves; a score written to a CSV with 6 decimals can then fall
+    on the other side of `>=`. The midpoint between the chosen score and the next lower one classifies these
+    predictions identically and keeps rounded files consistent with the reported metrics."""
+    below = p[p < t]
+    t = (t + below.max()) / 2 if below.size else t
+    return float(min(max(t, 0.0), 1.0))
+
+
 def youden_threshold(y, p) -> float:
     """Operating point maximising sensitivity + specificity - 1 (chosen on out-of-fold predictions)."""
-    fpr, tpr, thr = roc_curve(np.asarray(y, dtype=int), np.asarray(p, dtype=float))
-    best = int(np.argmax(tpr - fpr))
-    return float(min(max(thr[best], 0.0), 1.0))
+    p = np.asarray(p, dtype=float)
+    fpr, tpr, thr = roc_curve(np.asarray(y, dtype=int), p)
+    return _between(p, thr[int(np.argmax(tpr - fpr))])
 
 
 def threshold_for(y, p, *, sensitivity: float | None = None, specificity: float | None = None) -> float | None:
@@ -157,7 +166,7 @@ def threshold_for(y, p, *, sensitivity: float | None = None, specificity: float 
         k = int(np.argmax(tpr >= sensitivity - 1e-12))
     else:
         k = int(np.flatnonzero(fpr <= 1 - specificity + 1e-12)[-1])
-    return float(min(max(thr[k], 0.0), 1.0))
+    return _between(p, thr[k])
 
 
 def design_effect(successes, trials, clusters) -> float:

@@ -64,7 +64,10 @@ def test_target_thresholds_reach_the_target_with_the_best_other_rate():
     t = threshold_for(y, p, sensitivity=0.95)
     m = binary_metrics(y, p, t)
     assert m["sensitivity"] >= 0.95
-    above = np.sort(p[p > t])[0]  # the next higher threshold misses the target
+    # t lies between two scores (metrics._between): the lowest score above it classifies as t does, the next
+    # higher one misses the target
+    assert binary_metrics(y, p, np.sort(p[p > t])[0])["sensitivity"] == m["sensitivity"]
+    above = np.sort(p[p > t])[1]
     assert binary_metrics(y, p, above)["sensitivity"] < 0.95
     t = threshold_for(y, p, specificity=0.9)
     assert binary_metrics(y, p, t)["specificity"] >= 0.9
