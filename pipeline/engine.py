@@ -54,7 +54,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, *, scheduler=None
     kept for a backward that never reaches them) and only forward_head builds a graph."""
     model.train()
     freeze_bn_stats(frozen)
-    total, count, seen = 0.0, 0, 0
+    total, count = 0.0, 0
     start = time.perf_counter()
     step = step0
     for batch in loader:
@@ -83,15 +83,19 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, *, scheduler=None
         n = x.shape[0]
         total += loss.item() * n
         count += n
-        seen += n
         if progress is not None:
             progress.update(n)
             progress.set_postfix(loss=f"{total / count:.4f}")
         if on_step is not None and step % log_every == 0:
             on_step(step, loss.item(), optimizer.param_groups[0]["lr"])
+    return epoch_stats(total, count, step, optimizer, start)
+
+
+def epoch_stats(total_loss: float, count: int, step: int, optimizer, start: float) -> dict:
+    """What one training epoch reports: mean loss, last LR, optimiser steps so far and throughput."""
     elapsed = time.perf_counter() - start
-    return {"loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"], "steps": step,
-            "images_per_s": seen / elapsed if elapsed > 0 else math.nan}
+    return {"loss": total_loss / max(count, 1), "lr": optimizer.param_groups[0]["lr"], "steps": step,
+            "images_per_s": count / elapsed if elapsed > 0 else math.nan}
 
 
 @torch.no_grad()

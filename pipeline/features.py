@@ -8,13 +8,13 @@ forward_features + forward_head(pre_logits=True) give the pooled features; model
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .engine import epoch_stats
 from .outputs import probabilities
 
 
@@ -67,9 +67,7 @@ def feature_epoch(model, x: torch.Tensor, y: torch.Tensor, optimizer, loss_fn, b
         count += len(idx)
         if on_step is not None and step % log_every == 0:
             on_step(step, loss.item(), optimizer.param_groups[0]["lr"])
-    elapsed = time.perf_counter() - start
-    return {"loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"], "steps": step,
-            "images_per_s": count / elapsed if elapsed > 0 else math.nan}
+    return epoch_stats(total, count, step, optimizer, start)
 
 
 @torch.no_grad()
