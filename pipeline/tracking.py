@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 LOGGER = "graystem"
@@ -43,6 +44,10 @@ def setup_logging(quiet: bool = False, is_main: bool = True) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.WARNING if quiet or not is_main else logging.INFO)
     logger.propagate = False
+    # pydicom warns about every malformed element of every file it opens; the readers report what stops a
+    # file as one line naming it, and an archive would otherwise print thousands of lines (and an error would
+    # no longer be one line)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 
 class Tags:

@@ -15,13 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def small_chest(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo(root, which=("chest_xray",), n_scale=0.25)
-    return root / "chest_xray" / "labels.csv"
-
-
-@pytest.fixture(scope="module")
 def smoke_run(small_chest, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "smoke"
     rc = main(["--config", "smoke", "--set", f"data.manifest={small_chest}", "--output-dir", str(run), "--quiet"])

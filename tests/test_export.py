@@ -10,18 +10,10 @@ import torch
 
 from pipeline.checkpoint import load_run
 from pipeline.cli import main
-from pipeline.demo import make_demo
 from pipeline.tools.export import example_input, export, export_module, rgb_stem
 from pipeline.tools.export import main as export_main
 from pipeline.tools.predict import predict_files
 from pipeline.vocab import LUMA_REC601
-
-
-@pytest.fixture(scope="module")
-def small_chest(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo(root, which=("chest_xray",), n_scale=0.25)
-    return root / "chest_xray" / "labels.csv"
 
 
 @pytest.fixture(scope="module")
