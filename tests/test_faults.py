@@ -402,3 +402,27 @@ def test_audit_reports_the_leak_with_exit_code_1(name, demo, tmp_path, capsys):
     manifest = _write(tmp_path / "labels.csv", _table_case(demo, tmp_path, name))
     rc = audit_main(["--config", "smoke", "--set", f"data.manifest={manifest}", "--out", str(tmp_path / "audit")])
     assert rc == 1 and "LEAK FOUND" in capsys.readouterr().out
+
+
+def test_after_decode_groups_copies_by_pixels_and_warns_of_a_copy_under_another_label(caplog):
+    from pipeline.cache import MemoryStore
+    from pipeline.checks import after_decode
+    from pipeline.config import load_config
+    from pipeline.datasets import Decoded
+    from pipeline.manifest import Sample
+
+    def sample(name, patient, known, label):
+        return Sample(image=name, image_text=name, target=int(label == "pneumonia"), label=label,
+                      patient_id=patient, patient_known=known, split=None, frame=None, row=2)
+
+    a = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    samples = (sample("a.png", "P1", True, "normal"),
+               sample("copy.png", "copy.png", False, "normal"),      # no id: joins P1, the copy's patient
+               sample("relabelled.png", "P1", True, "pneumonia"),    # P1 again, under the other label
+               sample("reshaped.png", "P4", True, "pneumonia"))      # the same bytes as 4x16: another image
+    pixels = [a, a.copy(), a.copy(), a.reshape(4, 16).copy()]
+    with caplog.at_level("WARNING"):
+        out = after_decode(load_config("smoke"), Decoded(samples, MemoryStore(pixels), ()), 0)
+    assert [s.patient_id for s in out.samples] == ["P1", "P1", "P1", "P4"]
+    assert "1 images without a patient id repeat" in caplog.text
+    assert "1 images repeat another image's pixels exactly under a different label" in caplog.text

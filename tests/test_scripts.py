@@ -169,6 +169,30 @@ def test_audit_finds_a_duplicate_crossing_train_and_test(demo, tmp_path, capsys)
     assert "LEAK FOUND" in printed and "broken.dcm" in printed
 
 
+def test_audit_flags_identical_pixels_under_two_labels_without_calling_it_a_leak(demo, tmp_path, capsys):
+    fields, rows = _read_csv(demo / "labels.csv")
+    src = next(r for r in rows if r["split"] == "train")
+    other = next(c for c in ("normal", "pneumonia") if c != src["label"])
+    shutil.copy(demo / src["image"], demo / "images" / "relabelled.dcm")
+    rows.append({**src, "image": "images/relabelled.dcm", "label": other})  # same patient, so not a leak
+    manifest = demo / "relabelled.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+    out = tmp_path / "audit"
+    rc = audit.main(["--config", "smoke", "--set", f"data.manifest={manifest}", "--out", str(out)])
+    rep = json.loads((out / "audit.json").read_text())
+    assert rc == 1 and not rep["leak"]
+    assert rep["duplicate_groups_conflicting_labels"] == 1
+    (dup,) = rep["duplicates"]
+    assert dup["labels"] == sorted({src["label"], other}) and not dup["crosses_folds"]
+    assert {m["label"] for m in dup["images"]} == {src["label"], other}
+    printed = capsys.readouterr().out
+    assert "No leak found" in printed and "LABEL CONFLICT" in printed and "LABELS DIFFER" in printed
+
+
 def test_audit_bad_config_is_a_user_error(capsys):
     assert audit.main(["--config", "smoke", "--set", "data.nope=1"]) == 2
     assert capsys.readouterr().err.startswith("error:")

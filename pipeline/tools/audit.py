@@ -10,21 +10,23 @@ draws the same patient-grouped folds as training, and writes DIR/audit.md and DI
 Duplicates are samples whose decoded image (read_gray output: pixels after modality/VOI LUT, the frame training
 uses) is byte-identical, so a copy in another encoding or under another name is still found. A duplicate group
 whose members sit in different folds (or in train and test), or a patient in more than one fold, is a leak.
+A duplicate group whose members carry different labels is label noise. One patient with several labels is
+listed but not flagged: a patient can have a benign and a malignant lesion, or a normal and an abnormal visit.
 
-Exit codes: 0 no leak found, 1 leak found, 2 bad input (one line on stderr).
+Exit codes: 0 nothing found, 1 a leak or identical pixels under different labels, 2 bad input (one line on
+stderr).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..checks import check_pixels
+from ..checks import check_pixels, pixel_digest
 from ..cliargs import add_config_arguments
 from ..config import load_config
 from ..cv import make_splits
@@ -68,9 +70,7 @@ def _decode(row, options, min_size: int = 1) -> tuple[str | None, dict | None, s
         check_pixels(image, row.image, min_size)
     except Exception as exc:
         return None, None, error_reason(exc)
-    h = hashlib.md5(str(image.shape).encode())
-    h.update(image.tobytes())
-    return h.hexdigest(), info, None
+    return pixel_digest(image), info, None
 
 
 def _spread(values: list[int]) -> dict:
@@ -200,11 +200,13 @@ def audit(cfg) -> dict:
         where = sorted({place.get(m.patient_id, "train") for m in members})
         splits_of = {"test" if m.patient_id in test else "train" for m in members}
         # one image under two patient ids is a leak whichever folds they land in now: another seed splits them
+        labels = sorted({m.label for m in members})
         dups.append({"md5": h, "crosses_folds": len(where) > 1 or len(patients) > 1,
+                     "labels": labels, "conflicting_labels": len(labels) > 1,
                      "crosses_train_test": len(splits_of) > 1,
                      "patients": sorted({m.patient_id for m in members}), "where": where,
                      "images": [{"image": m.image, "frame": m.frame, "patient_id": m.patient_id,
-                                 "split": "test" if m.patient_id in test else "train",
+                                 "label": m.label, "split": "test" if m.patient_id in test else "train",
                                  "fold": place.get(m.patient_id)} for m in members]})
     report["duplicates"] = dups
     crossing = [d for d in dups if d["crosses_folds"] or d["crosses_train_test"]]
@@ -213,6 +215,8 @@ def audit(cfg) -> dict:
         leaks.append(f"{len(crossing)} duplicate groups cross folds or train/test")
     report["leaks"] = leaks
     report["leak"] = bool(leaks)
+    # the same pixels under two labels: not a leak, but label noise the metrics cannot see past
+    report["duplicate_groups_conflicting_labels"] = sum(d["conflicting_labels"] for d in dups)
     return report
 
 
@@ -226,6 +230,8 @@ def to_markdown(rep: dict, show: int = 30) -> str:
     out = [f"# Data audit: {rep['task']}", "", f"Manifest: `{rep['manifest']}`", "",
            f"**{'LEAK FOUND' if rep['leak'] else 'No leak found'}**"
            + "".join(f"\n- {x}" for x in rep["leaks"]), "",
+           *([f"**LABEL CONFLICT**: {rep['duplicate_groups_conflicting_labels']} groups of identical images carry "
+              "different labels (see Duplicates)", ""] if rep["duplicate_groups_conflicting_labels"] else []),
            f"{rep['n_samples']} readable samples of {rep['n_manifest_samples']} in the manifest, "
            f"{rep['n_files']} files, {rep['n_patients']} patients.", ""]
     for key, title, head in (("file_types", "File types", "format"), ("modalities", "Modalities", "modality"),
@@ -256,11 +262,13 @@ def to_markdown(rep: dict, show: int = 30) -> str:
     out += [f"- {p}: {', '.join(v)}" for p, v in list(rep["conflicting_labels"].items())[:show]]
     out += [""] if rep["conflicting_labels"] else []
     out += [f"## Duplicates (identical decoded pixels): {len(rep['duplicates'])} groups, "
-            f"{rep['duplicate_groups_crossing']} crossing folds or train/test", ""]
+            f"{rep['duplicate_groups_crossing']} crossing folds or train/test, "
+            f"{rep['duplicate_groups_conflicting_labels']} with conflicting labels", ""]
     for d in rep["duplicates"][:show]:
         tag = "LEAK, crosses " + " / ".join(d["where"]) if d["crosses_folds"] or d["crosses_train_test"] else "same fold"
-        out.append(f"- {tag}: " + "; ".join(f"`{m['image']}` (patient {m['patient_id']}, {m['fold'] or m['split']})"
-                                              for m in d["images"]))
+        tag += ", LABELS DIFFER" if d["conflicting_labels"] else ""
+        out.append(f"- {tag}: " + "; ".join(f"`{m['image']}` ({m['label']}, patient {m['patient_id']}, "
+                                              f"{m['fold'] or m['split']})" for m in d["images"]))
     out += [""] if rep["duplicates"] else []
     out += [f"## Unreadable files: {len(rep['unreadable'])}", ""]
     out += [f"- `{u['image']}`" + (f" (row {u['row']})" if u["row"] else "") + f" [{u['stage']}]: {u['reason']}"
@@ -290,7 +298,7 @@ def main(argv=None) -> int:
     (out / "audit.json").write_text(json.dumps(rep, indent=1, default=str))
     print(md)
     print(f"written: {out / 'audit.md'}, {out / 'audit.json'}")
-    return 1 if rep["leak"] else 0
+    return 1 if rep["leak"] or rep["duplicate_groups_conflicting_labels"] else 0
 
 
 if __name__ == "__main__":
