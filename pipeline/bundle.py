@@ -77,12 +77,13 @@ def inference_config(run: FinishedRun, meta: dict) -> dict:
     prints the probabilities; ConfigParser users read `probabilities` (or `preprocessing` and `network`)."""
     pre = meta["preprocessing"]
     size, reader = pre["image_size"], pre["reader"]
-    frames = reader.get("frames", "middle")
+    # frames: all | nonzero reads every frame onto the channel axis; each is scaled on its own (channel_wise), as
+    # training scaled each frame sample, scored as a batch and averaged, as predict aggregates a file's frames
     if pre["intensity"] == "percentile":
         scale = {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": 0.5, "upper": 99.5,
-                 "b_min": 0.0, "b_max": 1.0, "clip": True}
+                 "b_min": 0.0, "b_max": 1.0, "clip": True, "channel_wise": True}
     else:
-        scale = {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0}
+        scale = {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0, "channel_wise": True}
     return {
         "imports": ["$import torch", "$import pipeline.io.monai_readers"],
         "bundle_root": ".",
@@ -90,7 +91,7 @@ def inference_config(run: FinishedRun, meta: dict) -> dict:
         "image": "",
         "reader": {"_target_": "pipeline.io.monai_readers.GrayReader", "voi": reader.get("voi", "auto"),
                    "voi_index": reader.get("voi_index", 0),
-                   "frame": frames if frames in ("middle", "first") or isinstance(frames, int) else "middle",
+                   "frame": reader.get("frames", "middle"),
                    "crop_us_region": reader.get("crop_us_region", True),
                    "slice_axis": reader.get("slice_axis", -1)},
         "network": "$torch.jit.load(@bundle_root + '/models/model.ts', map_location=@device).eval()",
@@ -106,7 +107,7 @@ def inference_config(run: FinishedRun, meta: dict) -> dict:
              "track_meta": False},
         ]},
         "classes": list(meta["task"]["classes"]),
-        "probabilities": "$@network(@preprocessing({'image': @image})['image'][None].to(@device))[0].detach()",
+        "probabilities": "$@network(@preprocessing({'image': @image})['image'][:, None].to(@device)).mean(0).detach()",
         "run": ["$print(dict(zip(@classes, @probabilities.tolist())))"],
     }
 
@@ -120,8 +121,8 @@ def write_bundle(run: FinishedRun, out_dir: Path, meta: dict, card: str) -> list
              out_dir / "docs" / "README.md": card + "\n## Using the bundle\n\n```bash\n"
              "python -m monai.bundle run --config_file configs/inference.json --image FILE.dcm\n```\n\n"
              "Needs this project installed (`pipeline.io.monai_readers.GrayReader` reads the file as training "
-             "did). For cine runs trained on every frame, predict averages frames per file; the bundle scores "
-             "the one frame the reader's policy picks.\n"}
+             "did). For cine runs trained on every frame (`frames: all`), every frame is scored and the "
+             "probabilities averaged, as predict does.\n"}
     for path, text in files.items():
         path.write_text(text)
     return list(files)

@@ -150,6 +150,23 @@ def test_predict_on_ultrasound_cines_reproduces_the_runs_test_predictions(ultras
         assert p["predicted"] == ("lesion" if p["prob_lesion"] >= threshold else "normal")
 
 
+def test_monai_bundle_averages_a_cines_frames_as_predict_does(ultrasound_run, demo, tmp_path):
+    from monai.bundle import ConfigParser
+
+    from pipeline.tools.export import main as export_main
+
+    bundle = tmp_path / "bundle"
+    assert export_main([str(ultrasound_run), "--format", "monai-bundle", "--out", str(bundle), "--no-check"]) == 0
+    cine = next(r for r in _rows(ultrasound_run / "test_predictions.csv") if int(r["frames"]) > 1)
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"], parser["image"] = str(bundle), str(demo / "ultrasound" / cine["image"])
+    assert parser.get_parsed_content("preprocessing")({"image": parser["image"]})["image"].shape[0] == int(cine["frames"])
+    probs = parser.get_parsed_content("probabilities")
+    # predict rounds pixels as the run's 16-bit cache did; the bundle reads float pixels: 1e-4, not 1e-5
+    assert abs(float(probs[1]) - float(cine["prob_lesion"])) < 1e-4
+
+
 # ---------- paired comparison ----------
 
 def _delong_reference(y, a, b):

@@ -13,7 +13,10 @@ EnsureChannelFirst) gives 1xHxW like the project's LoadGrayd.
 
 GrayReader dispatches by content (detect_format); DicomGrayReader, NiftiGrayReader and RasterGrayReader accept
 only their format, for LoadImage's automatic reader choice by suffix. ReaderOptions' fields (voi, voi_index,
-frame / slice policy, crop_us_region, slice_axis) are constructor arguments; `frame` may be an index.
+frame / slice policy, crop_us_region, slice_axis) are constructor arguments; `frame` may be an index, or
+'all' / 'nonzero' (the cine or volume policies of `data.frames`): then every such frame or slice is read and
+the array is (frames, rows, cols) on the channel axis, so a model scores them as a batch and the caller
+averages, as training's per-file aggregation does.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from monai.utils import MetaKeys
 from pipeline.errors import ImageReadError
 from pipeline.vocab import DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES
 
-from . import ReaderOptions, detect_format, read_gray
+from . import ReaderOptions, count_frames, detect_format, nonzero_slices, read_gray
 
 __all__ = ["DicomGrayReader", "GrayReader", "NiftiGrayReader", "RasterGrayReader"]
 
@@ -41,15 +44,15 @@ class GrayReader(ImageReader):
     def __init__(self, voi: str = "auto", voi_index: int = 0, frame: str | int = "middle",
                  crop_us_region: bool = True, slice_axis: int = -1, options: ReaderOptions | None = None):
         super().__init__()
-        self.options = options or ReaderOptions(voi=voi, voi_index=voi_index, frame=frame,
+        self.expand = frame if frame in ("all", "nonzero") else None  # several frames per file
+        self.options = options or ReaderOptions(voi=voi, voi_index=voi_index, frame="middle" if self.expand else frame,
                                                 crop_us_region=crop_us_region, slice_axis=slice_axis)
 
     @classmethod
     def from_pixels(cls, pixels: dict) -> GrayReader:
         """The reader for a checkpoint's `pixels` (DataConfig.pixel_settings()): how its model must be fed."""
-        frames = pixels.get("frames", "middle")
-        frame = frames if frames in ("middle", "first") or isinstance(frames, int) else "middle"
-        return cls(voi=pixels.get("voi", "auto"), voi_index=pixels.get("voi_index", 0), frame=frame,
+        return cls(voi=pixels.get("voi", "auto"), voi_index=pixels.get("voi_index", 0),
+                   frame=pixels.get("frames", "middle"),
                    crop_us_region=pixels.get("crop_us_region", True), slice_axis=pixels.get("slice_axis", -1))
 
     def _suffix_ok(self, name: str) -> bool:
@@ -71,21 +74,29 @@ class GrayReader(ImageReader):
             fmt = detect_format(name)
             if fmt not in self.formats:
                 raise ImageReadError(name, f"{type(self).__name__} reads {'/'.join(self.formats)}, not {fmt}")
-            array, info = read_gray(name, frame=kwargs.get("frame"), options=self.options)
+            if self.expand and kwargs.get("frame") is None:
+                frames = (range(count_frames(name, self.options)) if self.expand == "all"
+                          else nonzero_slices(name, self.options))
+                read = [read_gray(name, frame=k, options=self.options) for k in frames]
+                array, info = np.stack([a for a, _ in read]), read[0][1]
+            else:
+                array, info = read_gray(name, frame=kwargs.get("frame"), options=self.options)
             out.append((array, info, str(name)))
         return out if len(out) > 1 else out[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
-        """(array, meta): one file (rows, cols); several files stacked on a leading channel axis."""
+        """(array, meta): one image (rows, cols); several files, or the frames of the 'all' / 'nonzero' policies,
+        on a leading channel axis."""
         items = img if isinstance(img, list) else [img]
         arrays = [a for a, _, _ in items]
         info = items[0][1]
-        if len(arrays) > 1:
-            array = np.stack(arrays)
-            channel_dim = 0
+        if self.expand:
+            array, channel_dim = np.concatenate(arrays), 0
+        elif len(arrays) > 1:
+            array, channel_dim = np.stack(arrays), 0
         else:
             array, channel_dim = arrays[0], "no_channel"
-        rows, cols = arrays[0].shape
+        rows, cols = arrays[0].shape[-2:]
         meta = {
             MetaKeys.ORIGINAL_CHANNEL_DIM: channel_dim,
             MetaKeys.SPATIAL_SHAPE: np.asarray((rows, cols)),

@@ -206,6 +206,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-check", action="store_true", help="skip the parity check of the exported file")
     args = ap.parse_args(argv)
     fmt = args.fmt or BY_SUFFIX.get(args.out.suffix if args.out else "", "onnx")
+    if fmt == "monai-bundle" and args.input_kind == "rgb":  # its GrayReader feeds grey frames
+        raise ConfigError("--input rgb: a monai-bundle reads files with GrayReader and takes grey input only")
     meta = export(args.run_dir, args.out, args.fold, fmt, args.input_kind, check=not args.no_check)
     print(f"wrote {meta['folder']}: {meta['files']['model']} ({len(meta['model']['folds'])} model(s), "
           f"classes {meta['task']['classes']}), metadata.json, model_card.md")
