@@ -55,10 +55,10 @@ class _Scripted:
 
     def __call__(self, model, loader, cfg, ctx):
         self.seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return {"auroc": self.scores.pop(0), "loss": 0.5}
+        return {"auroc": self.scores.pop(0), "loss": 0.5, **getattr(self, "extra", {})}
 
 
-def _fold_state_after(monkeypatch, scores, patience):
+def _fold_state_after(monkeypatch, scores, patience, constant=False):
     import timm
 
     from pipeline import stages
@@ -67,6 +67,8 @@ def _fold_state_after(monkeypatch, scores, patience):
     from pipeline.tracking import Tracker
 
     scripted = _Scripted(scores)
+    if constant:
+        scripted.extra = {"constant_prediction": True}
     monkeypatch.setattr(stages, "validate", scripted)
     cfg = load_config("smoke", [f"train.stages=[{{name: full, train: all, epochs: {len(scores)}, lr: 0.01, "
                                 f"patience: {patience or 'null'}}}]"])
@@ -95,6 +97,30 @@ def test_best_state_is_a_copy_of_the_best_epoch_not_the_live_weights(monkeypatch
     assert torch.equal(state.best_state[name], best[name])
     assert not torch.equal(state.best_state[name], last[name])  # training went on after the best epoch
     assert state.best_state[name].data_ptr() != last[name].data_ptr()
+
+
+def test_a_model_that_scores_every_image_alike_is_named_in_a_warning(monkeypatch, caplog):
+    import timm
+
+    from pipeline import stages
+    from pipeline.distributed import SINGLE
+    from pipeline.engine import make_loss
+    from pipeline.tracking import Tracker
+
+    cfg = load_config("smoke")
+    ctx = stages.TrainContext(device=torch.device("cpu"), dist=SINGLE, tracker=Tracker(None, enabled=False),
+                              loss_fn=make_loss("binary"))
+    torch.manual_seed(0)
+    data = [{"image": torch.randn(4, 1, 32, 32), "target": torch.tensor([0.0, 1.0, 0.0, 1.0]),
+             "index": torch.arange(4)}]
+    model = timm.create_model("resnet10t", num_classes=1, in_chans=1).eval()
+    assert not stages.validate(model, data, cfg, ctx)["constant_prediction"]
+    torch.nn.init.zeros_(model.fc.weight)  # the bias alone: one probability for every image
+    assert stages.validate(model, data, cfg, ctx)["constant_prediction"]
+    with caplog.at_level("WARNING"):
+        _fold_state_after(monkeypatch, [0.5, 0.5], patience=None, constant=True)
+    assert "fold 0, stage 'full', epoch 1: the model predicts the same probability for every validation image" \
+        in caplog.text
 
 
 def test_frames_are_averaged_per_file_before_scoring():
