@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 
 # bump whenever pipeline/io or transforms.load_transforms change what a file decodes to: old entries are
-# then never looked up again (they can be deleted with the cache folder)
+# then never looked up again (`graystem cache --prune` deletes them)
 READER_VERSION = 1
 
 
@@ -124,6 +124,17 @@ class DiskCache:
             return entry.stat().st_size == self.size
         except OSError:
             return False
+
+    def hit(self, entry: Path) -> bool:
+        """`has(entry)`, and a found entry's mtime set to now: the mtime is its last use, which `graystem cache
+        --unused-days / --max-gb` prune by (atime is not kept on noatime/relatime mounts)."""
+        if not self.has(entry):
+            return False
+        try:
+            os.utime(entry)
+        except OSError:
+            pass  # a read-only shared cache still serves its entries
+        return True
 
     def write(self, entry: Path, image: np.ndarray) -> None:
         write_atomic(entry, image)

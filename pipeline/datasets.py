@@ -178,7 +178,7 @@ def decode_samples(cfg: Config, samples: Sequence[Sample], progress: bool = Fals
                 entries[i] = cache.entry(s.image, s.frame)
             except OSError:
                 pass  # a missing or unreadable file: the decode below says why, with the reader's words
-            if entries[i] is not None and cache.has(entries[i]):
+            if entries[i] is not None and cache.hit(entries[i]):
                 continue
         tasks.append((i, s.image, s.frame, None if entries[i] is None else str(entries[i])))
     hits = len(samples) - len(tasks)
@@ -229,7 +229,7 @@ def image_reader(cfg: Config):
             entry = cache.entry(path, frame)
         except OSError:
             return decode(path, frame)  # the reader names what is wrong with the file
-        if cache.has(entry):
+        if cache.hit(entry):
             return dequantize(np.load(entry))
         pixels = quantize(decode(path, frame))
         write_atomic(entry, pixels)

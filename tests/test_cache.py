@@ -1,6 +1,7 @@
 """The persistent decode cache (data.cache: disk): what misses it, that it serves exactly the memory cache's
 pixels, that concurrent writers leave it valid, and a 20,000-image dry run in bounded memory."""
 
+import json
 import os
 import re
 import resource
@@ -72,8 +73,11 @@ def test_changed_settings_or_file_miss_the_cache_and_an_unchanged_run_hits_every
     assert first.cache_note == f": 0 from the disk cache, {n} decoded"
     entries = list((cache / f"v{READER_VERSION}").glob("*/*.npy"))
     assert len(entries) == n and not list(cache.rglob(".tmp-*"))
+    for e in entries:  # as if decoded 40 days ago: a hit sets the mtime, the last use that pruning goes by
+        os.utime(e, (time.time() - 40 * 86400,) * 2)
     again = _decode(_cfg(small_set, cache))
     assert again.from_cache == n and again.cache_note == f": {n} from the disk cache, 0 decoded"
+    assert min(e.stat().st_mtime for e in entries) > time.time() - 60
 
     # every pixel setting is in the key: another VOI policy or image size decodes again
     assert _decode(_cfg(small_set, cache, "data.voi=none")).from_cache == 0
@@ -252,3 +256,50 @@ def test_20k_image_dry_run_with_a_disk_cache_stays_small_and_the_second_is_serve
     second = _dry_run(large_manifest, cache, tmp_path / "run2")
     assert re.search(rf"decoded {N_SCALE} samples in [\d.]+s: {N_SCALE} from the disk cache, 0 decoded", second), second
     assert (tmp_path / "run1" / "splits.json").read_text() == (tmp_path / "run2" / "splits.json").read_text()
+
+
+def test_cache_tool_prunes_by_last_use_and_size_and_never_what_a_running_job_may_read(tmp_path, capsys):
+    from pipeline.cache import DiskCache
+    from pipeline.tools.cache import main as cache_main
+
+    root = tmp_path / "cache"
+    cache = DiskCache(root, {"image_size": 8})
+    now, day = time.time(), 86400
+    ages = {"a.png": 100, "b.png": 40, "c.png": 10, "d.png": 0.01}  # days since last use; d: a job running now
+    made = {}
+    for name, age in ages.items():
+        (tmp_path / name).write_bytes(b"x")
+        entry = cache.entry(str(tmp_path / name), None)
+        cache.write(entry, np.zeros((1, 8, 8), np.uint16))
+        os.utime(entry, (now - age * day,) * 2)
+        made[name] = entry
+    stale = root / "v0" / "ab" / "old.npy"  # an older reader version: never looked up again
+    stale.parent.mkdir(parents=True)
+    shutil.copy(made["a.png"], stale)
+    os.utime(stale, (now - 2 * day,) * 2)
+    killed = made["a.png"].parent / ".tmp-killed.npy"  # a writer killed two days ago
+    shutil.copy(made["a.png"], killed)
+    os.utime(killed, (now - 2 * day,) * 2)
+    size = made["a.png"].stat().st_size
+
+    assert cache_main(["--cache-dir", str(root), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["entries"], rep["older_reader_versions"]["entries"], rep["temporary_files"]) == (4, 1, 1)
+    assert rep["days_since_use"]["max"] == pytest.approx(100, abs=0.01)
+
+    assert cache_main(["--cache-dir", str(root), "--unused-days", "30", "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["would_delete"]["entries"] == 4  # a, b, v0, the temporary file
+    assert all(p.exists() for p in [*made.values(), stale, killed])
+
+    assert cache_main(["--cache-dir", str(root), "--unused-days", "30"]) == 0
+    assert "deleted 4 entries" in capsys.readouterr().out
+    assert [n for n, p in made.items() if p.exists()] == ["c.png", "d.png"]
+    assert not stale.exists() and not killed.exists()
+
+    # a size cap deletes the least recently used first, but never an entry used in the last hour
+    assert cache_main(["--cache-dir", str(root), "--max-gb", str(size / 1e9), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["after"] == {"entries": 1, "gb": round(size / 1e9, 3)}
+    assert [n for n, p in made.items() if p.exists()] == ["d.png"]
+    assert cache_main(["--cache-dir", str(root), "--max-gb", "0"]) == 0 and made["d.png"].exists()
+    assert cache_main(["--cache-dir", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
