@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config
 from .errors import DataError, ImageReadError
 from .manifest import Manifest, Sample, Skipped
+from .schema import Config
 from .tracking import log
 
 _PIXEL_KEYS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .config import Config
 from .errors import DataError
 from .manifest import Sample
+from .schema import Config
 from .tracking import log
 
 

@@ -29,10 +29,10 @@ from monai.transforms import Compose, MapTransform, SelectItemsd
 
 from .cache import DiskCache, DiskStore, ImageStore, MemoryStore, write_atomic
 from .checks import where
-from .config import Config
 from .errors import DataError, error_reason
 from .manifest import Sample, Skipped, reader_options
 from .privacy import shown_image
+from .schema import Config
 from .threads import resolved_threads
 from .transforms import load_transforms
 

@@ -19,11 +19,11 @@ from torch import nn
 
 from .checkpoint import FinishedRun
 from .checks import header_problem
-from .config import TaskConfig
 from .datasets import image_reader
 from .errors import DataError, ImageReadError, error_reason
 from .manifest import expand_frames, reader_options
 from .outputs import class_columns, probabilities
+from .schema import TaskConfig
 from .stems import Normalization
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import privacy
-from .config import PROJECT_ROOT, Config
 from .errors import DataError, ImageReadError
 from .folders import folder_records
 from .io import ReaderOptions, count_frames, nonzero_slices
+from .schema import PROJECT_ROOT, Config
 from .vocab import DICOM_SUFFIXES
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import TaskConfig
+from .schema import TaskConfig
 
 
 def probabilities(task_type: str, logits: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from .config import Config
 from .engine import autocast, make_loss
 from .models import build_model
+from .schema import Config
 from .tracking import log
 
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import checks
-from .config import Config
 from .cv import Splits, make_splits
 from .datasets import Decoded, decode_samples
 from .errors import ConfigError
 from .manifest import Manifest, Skipped, load_manifest
 from .runfolder import publish_once, replace_text
+from .schema import Config
 from .tracking import log
 
 

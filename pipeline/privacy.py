@@ -18,8 +18,8 @@ import secrets
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config
 from .errors import ConfigError
+from .schema import Config
 
 KEY_NAME = ".graystem_key"
 PSEUDONYM_HEX = 16

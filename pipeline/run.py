@@ -28,13 +28,13 @@ from .checkpoint import (
     save_resume,
     seed_dir,
 )
-from .config import Config
 from .datasets import sample_dataset
 from .engine import make_loss, predict
 from .errors import ConfigError
 from .models import build_model
 from .prepare import Prepared, prepare, prepare_without_decoding
 from .runfolder import publish_once, replace_text
+from .schema import Config
 from .seeds import seed_config, training_seeds, write_seed_outputs
 from .stages import FoldState, TrainContext, operating_threshold, run_stage
 from .threads import apply_threads, loader_workers

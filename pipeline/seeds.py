@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import seed_dir
-from .config import Config
+from .schema import Config
 from .tracking import Tracker
 from .vocab import METRICS, TABLE_METRICS
 

@@ -17,12 +17,12 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from . import distributed
-from .config import Config, StageConfig
 from .engine import predict, train_one_epoch
 from .errors import TrainingError
 from .features import compute_features, feature_epoch, feature_predict
 from .metrics import compute_metrics
 from .models import set_trainable
+from .schema import Config, StageConfig
 from .tracking import Tags, Tracker, log
 from .vocab import EPOCH_METRICS
 

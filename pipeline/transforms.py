@@ -27,8 +27,8 @@ from monai.transforms import (
 )
 
 from .checks import check_pixels
-from .config import AugmentConfig, Config
 from .io import ReaderOptions, read_gray
+from .schema import AugmentConfig, Config
 
 
 class LoadGrayd(MapTransform):
