@@ -31,6 +31,14 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
         return reader.fieldnames, list(reader)
 
 
+def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
@@ -140,11 +148,7 @@ def test_audit_finds_a_duplicate_crossing_train_and_test(demo, tmp_path, capsys)
     rows.append({**src, "image": "images/copy_of_one.dcm", "patient_id": "PDUP", "split": "test"})
     readable = list(rows)
     rows.append({**src, "image": "images/broken.dcm", "patient_id": "PBROKEN"})
-    manifest = demo / "audit_labels.csv"
-    with manifest.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+    manifest = _write_csv(demo / "audit_labels.csv", fields, rows)
 
     out = tmp_path / "audit"
     rc = audit.main(["--config", "smoke", "--set", f"data.manifest={manifest}", "--out", str(out)])
@@ -175,11 +179,7 @@ def test_audit_flags_identical_pixels_under_two_labels_without_calling_it_a_leak
     other = next(c for c in ("normal", "pneumonia") if c != src["label"])
     shutil.copy(demo / src["image"], demo / "images" / "relabelled.dcm")
     rows.append({**src, "image": "images/relabelled.dcm", "label": other})  # same patient, so not a leak
-    manifest = demo / "relabelled.csv"
-    with manifest.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+    manifest = _write_csv(demo / "relabelled.csv", fields, rows)
 
     out = tmp_path / "audit"
     rc = audit.main(["--config", "smoke", "--set", f"data.manifest={manifest}", "--out", str(out)])
