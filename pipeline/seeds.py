@@ -77,7 +77,9 @@ def write_seed_outputs(cfg: Config, run_dir: Path, prep, per_seed: dict[int, lis
     else:
         summary = write_outputs(cfg, run_dir, prep, combine(per_seed), tracker, started=started)
         # every seed scored at the run's one operating point, so per-seed numbers compare with the top level
-        fixed = cfg.model_copy(update={"report": cfg.report.model_copy(update={"threshold": summary["threshold"]})})
+        # the Grad-CAM panel once, of the seed ensemble at the top level (a seed folder is not a loadable run)
+        fixed = cfg.model_copy(update={"report": cfg.report.model_copy(
+            update={"threshold": summary["threshold"], "cam_panel": False})})
         summaries = {}
         for s in seeds:
             summaries[s] = write_outputs(seed_config(fixed, s), seed_dir(run_dir, s, len(seeds)), prep, per_seed[s],

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -42,11 +43,20 @@ def demo(tmp_path_factory) -> Path:
     return root
 
 
+SEEDS_RUN_WARNINGS: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def seeds_run(demo, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "smoke_seeds"
-    rc = train_main(["--config", "smoke", "--set", f"data.manifest={demo / 'chest_xray' / 'labels.csv'}",
-                     "--output-dir", str(run), "--seeds", "2", "--quiet"])
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: SEEDS_RUN_WARNINGS.append(record.getMessage())
+    logging.getLogger("graystem").addHandler(handler)
+    try:
+        rc = train_main(["--config", "smoke", "--set", f"data.manifest={demo / 'chest_xray' / 'labels.csv'}",
+                         "--output-dir", str(run), "--seeds", "2", "--quiet"])
+    finally:
+        logging.getLogger("graystem").removeHandler(handler)
     assert rc == 0
     return run
 
@@ -105,6 +115,9 @@ def test_two_seeds_give_two_sets_of_fold_results_and_their_mean(seeds_run):
     assert "Repeated seeds" in (seeds_run / "report.md").read_text()
     run = load_run(seeds_run)
     assert run.seeds == (42, 43) and len(run.checkpoints) == 4
+    # one Grad-CAM panel, of the seed ensemble; the seed folders are not runs of their own to load
+    assert (seeds_run / "cam_panel.png").is_file() and not list(seeds_run.glob("seed_*/cam_panel.png"))
+    assert not [w for w in SEEDS_RUN_WARNINGS if "panel not drawn" in w], SEEDS_RUN_WARNINGS
 
 
 # ---------- external evaluation and predict ----------
