@@ -66,8 +66,8 @@ def paired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float | None], y
                      level: float = 0.95, metric_b: Callable | None = None) -> dict:
     """Difference metric(b) - metric(a) with a percentile CI from resampling PATIENTS with replacement, the same
     draw for both models (that pairing is what makes the interval narrower than two separate CIs).
-    p-value: two-sided from the bootstrap distribution of the difference, 2 * min(P(d <= 0), P(d >= 0)),
-    capped at 1. Draws where the metric is undefined (one class only) are dropped. `metric_b` scores model b
+    p-value: two-sided from the bootstrap distribution of the difference,
+    2 * min((1 + #{d <= 0}) / (1 + n), (1 + #{d >= 0}) / (1 + n)), capped at 1. Draws where the metric is undefined (one class only) are dropped. `metric_b` scores model b
     where it needs its own settings (each run's own threshold for threshold-dependent metrics)."""
     metric_b = metric_b or metric
     y, p_a, p_b = np.asarray(y), np.asarray(p_a), np.asarray(p_b)
@@ -86,5 +86,8 @@ def paired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float | None], y
         return {"diff": diff, "ci95": None, "p_value": None, "n_boot": len(draws)}
     d = np.asarray(draws)
     lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
-    p = min(1.0, 2 * min(float((d <= 0).mean()), float((d >= 0).mean())))
+    # (1 + count) / (1 + n): a bootstrap p-value is never 0; no draw across zero in 2000 means p < ~0.001, not
+    # p = 0 (Davison & Hinkley 1997, section 4.4)
+    n_d = len(d)
+    p = min(1.0, 2 * min((1 + int((d <= 0).sum())) / (1 + n_d), (1 + int((d >= 0).sum())) / (1 + n_d)))
     return {"diff": diff, "ci95": [float(lo), float(hi)], "p_value": p, "n_boot": len(draws)}

@@ -223,6 +223,18 @@ def test_rank_auroc_equals_sklearn():
     assert auroc(np.zeros(5), p[:5]) is None
 
 
+def test_bootstrap_p_value_is_never_zero_and_is_printed_as_such():
+    from pipeline.stats import auroc, paired_bootstrap
+    from pipeline.tools.compare import _p
+
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1], 60)
+    perfect, noise = y + rng.random(120) * 0.5, rng.random(120)  # every draw favours `perfect`
+    out = paired_bootstrap(auroc, y, noise, perfect, [f"P{i}" for i in range(120)], n=500)
+    assert out["ci95"][0] > 0 and out["p_value"] == pytest.approx(2 / 501)
+    assert _p(out["p_value"]) == "0.004" and _p(2 / 2001) == "1.0e-03" and _p(None) == "n/a"
+
+
 def test_compare_identical_runs_gives_zero_difference_with_zero_width_ci(seeds_run, tmp_path, capsys):
     twin = tmp_path / "twin"
     shutil.copytree(seeds_run, twin, ignore=shutil.ignore_patterns("*.pt", "tensorboard"))

@@ -134,6 +134,11 @@ def _f(v, spec=".3f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def _p(v) -> str:
+    """p-values: 3 decimals, small ones in scientific notation (never a bare 0.000)."""
+    return "n/a" if v is None else format(v, ".3f") if v >= 0.001 else format(v, ".1e")
+
+
 def format_comparison(result: dict) -> str:
     on, metric = result["on"], result["metric"]
     width = max(len(r["name"]) for r in result["runs"])
@@ -144,12 +149,12 @@ def format_comparison(result: dict) -> str:
         lines.append(f"{r['name']:<{width}}  {r['n_seeds']:>5}  {_f(r['cv_mean']) + ' ± ' + _f(r['cv_sd']):>20}  "
                      f"{_f(r[on]):>10}  {(_f(ci[0]) + ' - ' + _f(ci[1])) if ci else ''}{extra}")
     lines += ["", f"paired differences on the {on} set ({result['runs'][0]['n']} images; diff = b - a; CI and p from "
-              "a paired patient bootstrap, p = 2·min(P(d≤0), P(d≥0)); DeLong for binary AUROC):"]
+              "a paired patient bootstrap, p = 2·min(1 + #(d≤0), 1 + #(d≥0)) / (1 + draws); DeLong for binary AUROC):"]
     for p in result["pairs"]:
         ci = p["ci95"]
         lines.append(f"  {p['b']} - {p['a']}: {metric} diff {_f(p['diff'], '+.3f')}  95% CI "
-                     f"{(_f(ci[0], '+.3f') + ' to ' + _f(ci[1], '+.3f')) if ci else 'n/a'}  p = {_f(p['p_value'])}"
-                     + (f"  DeLong p = {_f(p['delong_p'], '.4f')}" if p["delong_p"] is not None else ""))
+                     f"{(_f(ci[0], '+.3f') + ' to ' + _f(ci[1], '+.3f')) if ci else 'n/a'}  p = {_p(p['p_value'])}"
+                     + (f"  DeLong p = {_p(p['delong_p'])}" if p["delong_p"] is not None else ""))
     return "\n".join(lines)
 
 
