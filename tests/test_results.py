@@ -235,6 +235,14 @@ def test_bootstrap_p_value_is_never_zero_and_is_printed_as_such():
     assert _p(out["p_value"]) == "0.004" and _p(2 / 2001) == "1.0e-03" and _p(None) == "n/a"
 
 
+def test_compare_names_runs_by_folder_and_tells_seed_folders_of_two_runs_apart(tmp_path):
+    from pipeline.tools.compare import _distinct_names
+
+    assert _distinct_names([tmp_path / "sum", tmp_path / "repeat"]) == ["sum", "repeat"]
+    assert _distinct_names([tmp_path / "sum" / "seed_42", tmp_path / "repeat" / "seed_42"]) == \
+        ["sum/seed_42", "repeat/seed_42"]
+
+
 def test_compare_identical_runs_gives_zero_difference_with_zero_width_ci(seeds_run, tmp_path, capsys):
     twin = tmp_path / "twin"
     shutil.copytree(seeds_run, twin, ignore=shutil.ignore_patterns("*.pt", "tensorboard"))

@@ -18,7 +18,7 @@ import argparse
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -37,10 +37,17 @@ class RunPredictions:
     keys: list[tuple[str, str]]  # (image, patient_id) per row
     y: np.ndarray
     p: np.ndarray  # binary: p(positive); otherwise (n, C) in class order
+    name: str = ""  # as shown: the folder name, or more of the path where two runs share one (seed_42)
 
-    @property
-    def name(self) -> str:
-        return self.path.name
+
+def _distinct_names(paths: list[Path]) -> list[str]:
+    """The last path component of each run, with parent folders added until no two runs share a name."""
+    parts = [p.resolve().parts for p in paths]
+    for depth in range(1, max(len(x) for x in parts) + 1):
+        names = ["/".join(x[-depth:]) for x in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]  # the same folder given twice
 
 
 def _read(run_dir: Path, on: str) -> RunPredictions:
@@ -112,6 +119,7 @@ def _run_row(r: RunPredictions, metric: str, on: str) -> dict:
 def compare(run_dirs: list[Path], on: str = "test", metric: str = "auroc", n_boot: int = 2000,
             seed: int = 0) -> dict:
     runs = [_read(Path(d), on) for d in run_dirs]
+    runs = [replace(r, name=n) for r, n in zip(runs, _distinct_names([r.path for r in runs]), strict=True)]
     for other in runs[1:]:
         _check_same_cases(runs[0], other, on)
     patients = [k[1] for k in runs[0].keys]
