@@ -19,7 +19,7 @@ from pathlib import Path
 from . import privacy
 from .errors import DataError, ImageReadError
 from .folders import folder_records
-from .io import ReaderOptions, count_frames, nonzero_slices
+from .io import ReaderOptions, expanded_frames
 from .schema import PROJECT_ROOT, Config
 from .vocab import DICOM_SUFFIXES
 
@@ -134,10 +134,8 @@ def expand_frames(path: Path, explicit: str, cfg: Config, opts: ReaderOptions) -
     policy = cfg.data.frames
     if isinstance(policy, int):
         return [policy]
-    if policy == "all":
-        return list(range(count_frames(path, opts)))
-    if policy == "nonzero":
-        return nonzero_slices(path, opts)
+    if policy in ("all", "nonzero"):
+        return expanded_frames(path, policy, opts)
     return [None]  # middle / first: the reader picks
 
 

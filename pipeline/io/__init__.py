@@ -118,3 +118,13 @@ def nonzero_slices(path, options: ReaderOptions | None = None) -> list[int]:
     if detect_format(path) == "nifti":
         return nifti.nonzero_slices(path, options)
     return list(range(count_frames(path, options)))
+
+
+def expanded_frames(path, policy: str, options: ReaderOptions | None = None) -> list[int]:
+    """The frames or slices the `all` / `nonzero` policies of `data.frames` turn into samples: one rule for the
+    manifest's rows and for GrayReader's frame stacks."""
+    if policy == "all":
+        return list(range(count_frames(path, options)))
+    if policy == "nonzero":
+        return nonzero_slices(path, options)
+    raise ValueError(f"frame policy {policy!r} does not expand a file")

@@ -31,7 +31,7 @@ from monai.utils import MetaKeys
 from pipeline.errors import ImageReadError
 from pipeline.vocab import DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES
 
-from . import ReaderOptions, count_frames, detect_format, nonzero_slices, read_gray
+from . import ReaderOptions, detect_format, expanded_frames, read_gray
 
 __all__ = ["DicomGrayReader", "GrayReader", "NiftiGrayReader", "RasterGrayReader"]
 
@@ -75,9 +75,8 @@ class GrayReader(ImageReader):
             if fmt not in self.formats:
                 raise ImageReadError(name, f"{type(self).__name__} reads {'/'.join(self.formats)}, not {fmt}")
             if self.expand and kwargs.get("frame") is None:
-                frames = (range(count_frames(name, self.options)) if self.expand == "all"
-                          else nonzero_slices(name, self.options))
-                read = [read_gray(name, frame=k, options=self.options) for k in frames]
+                read = [read_gray(name, frame=k, options=self.options)
+                        for k in expanded_frames(name, self.expand, self.options)]
                 array, info = np.stack([a for a, _ in read]), read[0][1]
             else:
                 array, info = read_gray(name, frame=kwargs.get("frame"), options=self.options)
