@@ -12,16 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-from . import distributed, privacy
-from .cliargs import add_config_arguments
-from .config import Config, load_config, resume_changes, save_config
-from .demo import ensure_demo_data
-from .errors import ConfigError, exits_on_error
-from .manifest import resolve_data_path
-from .rundir import cleanup_on_failure
-from .runfolder import publish_config
-from .tracking import log as logger
-from .tracking import setup_logging
+from pipeline import distributed
+from pipeline.cliargs import add_config_arguments
+from pipeline.config import Config, load_config, resume_changes, save_config
+from pipeline.data import privacy
+from pipeline.data.manifest import resolve_data_path
+from pipeline.demo import ensure_demo_data
+from pipeline.errors import ConfigError, exits_on_error
+from pipeline.logs import log as logger
+from pipeline.logs import setup_logging
+from pipeline.rundir import cleanup_on_failure
+from pipeline.runfolder import publish_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +56,8 @@ def _run_dir(args, cfg: Config) -> Path:
 
 
 def _aggregate(args) -> int:
-    from .report import format_table
-    from .run import aggregate
+    from pipeline.results.report import format_table
+    from pipeline.train.run import aggregate
 
     run_dir = Path(args.aggregate)
     saved = run_dir / "config.yaml"
@@ -107,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             publish_config(cfg, run_dir / "config.yaml")
         log(f"run folder: {run_dir}")
     run_dir = distributed.broadcast(run_dir, dist)
-    from .report import format_table
-    from .run import run
-    from .seeds import format_seeds
+    from pipeline.results.report import format_table
+    from pipeline.train.run import run
+    from pipeline.train.seeds import format_seeds
 
     t0 = time.perf_counter()
     # a --fold process also continues its fold (last.pt) or reuses it (result.json): a requeued array job

@@ -11,8 +11,8 @@ from typing import get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import ConfigError
-from .schema import (  # noqa: F401  (re-exported: `from pipeline.config import Config, DataConfig, ...`)
+from pipeline.errors import ConfigError
+from pipeline.schema import (  # noqa: F401  (re-exported: `from pipeline.config import Config, DataConfig, ...`)
     PROJECT_ROOT,
     AugmentConfig,
     Config,

@@ -11,7 +11,7 @@ import contextlib
 import shutil
 from pathlib import Path
 
-from .errors import PipelineError
+from pipeline.errors import PipelineError
 
 
 def training_started(run_dir: Path) -> bool:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
-from .schema import Config
+from pipeline.errors import ConfigError
+from pipeline.schema import Config
 
 # settings that change only the console, not the results: fold processes may differ in them
 _CONSOLE_ONLY = {("source",), ("train", "progress")}

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .vocab import MONITORS, STEM_STRATEGIES, parse_train_spec
+from pipeline.vocab import MONITORS, STEM_STRATEGIES, parse_train_spec
 
 # a source checkout (pyproject.toml beside the package) is a second base for relative data paths, so
 # `--config configs/x.yaml` finds data/ from any working directory; an installed package has none

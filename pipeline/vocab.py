@@ -17,7 +17,7 @@ EPOCH_METRICS = ("auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity
 # what may choose the best epoch (train.monitor); 'loss' is minimised, the others maximised
 MONITORS = ("auroc", "auprc", "loss", "balanced_accuracy")
 
-# 1-channel stem conversions (pipeline.stems); `auto` picks one of them from the weights' statistics
+# 1-channel stem conversions (pipeline.model.stems); `auto` picks one of them from the weights' statistics
 STEM_STRATEGIES = ("sum", "fold", "repeat", "mean", "random")
 
 # ITU-R BT.601 luma: colour ultrasound, colour DICOM, RGB rasters and the RGB-input export all use these

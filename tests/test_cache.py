@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from pipeline.cache import READER_VERSION, DiskStore, MemoryStore
 from pipeline.config import load_config
-from pipeline.datasets import decode_samples, dequantize, image_reader, sample_dataset
+from pipeline.data.cache import READER_VERSION, DiskStore, MemoryStore
+from pipeline.data.datasets import decode_samples, dequantize, image_reader, sample_dataset
+from pipeline.data.manifest import load_manifest
+from pipeline.data.transforms import sample_transforms
 from pipeline.errors import DataError
-from pipeline.manifest import load_manifest
 from pipeline.threads import available_cores, loader_workers
-from pipeline.transforms import sample_transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PNG = 70  # above the process pool's threshold, so the pool writes the entries
@@ -165,8 +165,8 @@ _WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from pipeline.config import load_config
-    from pipeline.datasets import decode_samples
-    from pipeline.manifest import load_manifest
+    from pipeline.data.datasets import decode_samples
+    from pipeline.data.manifest import load_manifest
     manifest, cache, flag = sys.argv[1:4]
     cfg = load_config("smoke", [f"data.manifest={manifest}", "data.demo=null", "data.cache=disk",
                                 f"data.cache_dir={cache}", "data.image_size=32", "data.min_size=8"])
@@ -259,7 +259,7 @@ def test_20k_image_dry_run_with_a_disk_cache_stays_small_and_the_second_is_serve
 
 
 def test_cache_tool_prunes_by_last_use_and_size_and_never_what_a_running_job_may_read(tmp_path, capsys):
-    from pipeline.cache import DiskCache
+    from pipeline.data.cache import DiskCache
     from pipeline.tools.cache import main as cache_main
 
     root = tmp_path / "cache"

@@ -1,13 +1,13 @@
-"""Grad-CAM (pipeline.cam): maps of the input's shape, finite, image-dependent, for every backbone family with
+"""Grad-CAM (pipeline.deploy.cam): maps of the input's shape, finite, image-dependent, for every backbone family with
 the 1-channel stem, and on a model whose only signal is a corner marker, concentrated in that corner."""
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.cam import SignedBinary, cam_maps_for_class, model_maps, target_layer
 from pipeline.config import ModelConfig
-from pipeline.models import build_model
+from pipeline.deploy.cam import SignedBinary, cam_maps_for_class, model_maps, target_layer
+from pipeline.model.models import build_model
 
 
 def _images(n, size, seed):

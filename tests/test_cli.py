@@ -60,7 +60,7 @@ def _events(folder: Path):
 
 def test_smoke_run_tensorboard_tags(smoke_run):
     """One event folder per fold (the folds overlay on one chart) plus summary/ for the end-of-run items."""
-    from pipeline.tracking import Tags
+    from pipeline.results.tracking import Tags
 
     tb = smoke_run / "tensorboard"
     assert sorted(p.name for p in tb.iterdir()) == ["fold_0", "fold_1", "summary"]
@@ -89,7 +89,7 @@ def test_best_checkpoint_rebuilds_the_model(smoke_run):
     import torch
 
     from pipeline.config import ModelConfig
-    from pipeline.models import build_model
+    from pipeline.model.models import build_model
 
     ckpt = torch.load(smoke_run / "fold_0" / "best.pt", weights_only=True, map_location="cpu")
     built = build_model(ModelConfig(**ckpt["model"]), 1, pretrained="none")
@@ -221,7 +221,7 @@ def test_demo_generation_never_touches_a_users_folder(tmp_path):
 
 def test_positive_class_decides_the_binary_target(small_chest):
     from pipeline.config import load_config
-    from pipeline.manifest import load_manifest
+    from pipeline.data.manifest import load_manifest
 
     for positive in ("pneumonia", "normal"):
         cfg = load_config("smoke", [f"data.manifest={small_chest}", f"task.positive_class={positive}"])
@@ -234,8 +234,8 @@ def test_exported_torchscript_matches_predict(smoke_run, small_chest, tmp_path):
     import torch
 
     from pipeline.config import load_config
-    from pipeline.manifest import reader_options
-    from pipeline.transforms import load_transforms
+    from pipeline.data.manifest import reader_options
+    from pipeline.data.transforms import load_transforms
 
     out = tmp_path / "model.ts"
     assert export_main([str(smoke_run), "--out", str(out)]) == 0
@@ -302,9 +302,9 @@ def test_unavailable_weights_stop_before_any_work(capsys, tmp_path, small_chest)
 def test_all_frames_of_a_cine_stay_in_one_fold(tmp_path):
     """frames: all expands every cine into one sample per frame; folds are drawn on patients."""
     from pipeline.config import load_config
-    from pipeline.cv import make_splits
+    from pipeline.data.cv import make_splits
+    from pipeline.data.manifest import load_manifest
     from pipeline.io import count_frames
-    from pipeline.manifest import load_manifest
 
     make_demo(tmp_path, which=("ultrasound",), n_scale=0.4)
     labels = tmp_path / "ultrasound" / "labels.csv"

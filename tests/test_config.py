@@ -123,7 +123,7 @@ def test_list_items_of_a_default_list_can_be_set(tmp_path):
 
 
 def test_unknown_backbone_suggests_timm_names():
-    from pipeline.weights import create_backbone
+    from pipeline.model.weights import create_backbone
 
     with pytest.raises(ConfigError) as info:
         create_backbone("resnet81", "none", 2)
@@ -141,7 +141,7 @@ def test_unknown_backbone_suggests_timm_names():
 def test_stage_that_trains_nothing_is_refused():
     import timm
 
-    from pipeline.models import set_trainable
+    from pipeline.model.models import set_trainable
 
     model = timm.create_model("test_efficientnet", num_classes=0)  # no classifier parameters
     with pytest.raises(ConfigError, match=r"^train\.stages: a stage with train: head leaves no parameter of this "

@@ -8,12 +8,12 @@ from monai.utils import set_determinism
 from PIL import Image
 
 from pipeline.config import load_config
-from pipeline.datasets import Decoded, dequantize, quantize, sample_dataset
-from pipeline.manifest import Sample
-from pipeline.metrics import bootstrap_ci
-from pipeline.report import _aggregate, fold_ensemble
-from pipeline.run import _loader
-from pipeline.transforms import sample_transforms
+from pipeline.data.datasets import Decoded, dequantize, quantize, sample_dataset
+from pipeline.data.manifest import Sample
+from pipeline.data.transforms import sample_transforms
+from pipeline.results.metrics import bootstrap_ci
+from pipeline.results.report import _aggregate, fold_ensemble
+from pipeline.train.run import _loader
 
 
 def _sample(image, i=0, patient="P1", frame=None, target=1):
@@ -61,10 +61,10 @@ class _Scripted:
 def _fold_state_after(monkeypatch, scores, patience, constant=False):
     import timm
 
-    from pipeline import stages
     from pipeline.distributed import SINGLE
-    from pipeline.engine import make_loss
-    from pipeline.tracking import Tracker
+    from pipeline.results.tracking import Tracker
+    from pipeline.train import stages
+    from pipeline.train.engine import make_loss
 
     scripted = _Scripted(scores)
     if constant:
@@ -102,10 +102,10 @@ def test_best_state_is_a_copy_of_the_best_epoch_not_the_live_weights(monkeypatch
 def test_a_model_that_scores_every_image_alike_is_named_in_a_warning(monkeypatch, graystem_warnings):
     import timm
 
-    from pipeline import stages
     from pipeline.distributed import SINGLE
-    from pipeline.engine import make_loss
-    from pipeline.tracking import Tracker
+    from pipeline.results.tracking import Tracker
+    from pipeline.train import stages
+    from pipeline.train.engine import make_loss
 
     cfg = load_config("smoke")
     ctx = stages.TrainContext(device=torch.device("cpu"), dist=SINGLE, tracker=Tracker(None, enabled=False),

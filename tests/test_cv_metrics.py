@@ -5,10 +5,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline.config import load_config
-from pipeline.cv import make_splits
+from pipeline.data.cv import make_splits
+from pipeline.data.manifest import Sample
 from pipeline.errors import DataError
-from pipeline.manifest import Sample
-from pipeline.metrics import binary_metrics, bootstrap_ci, compute_metrics, youden_threshold
+from pipeline.results.metrics import binary_metrics, bootstrap_ci, compute_metrics, youden_threshold
 
 
 def _rows(n_patients=60, seed=0, test_every=5, split_column=True):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import load_run
 from pipeline.cli import main
+from pipeline.model.checkpoint import load_run
 from pipeline.tools.export import example_input, export, export_module, rgb_stem
 from pipeline.tools.export import main as export_main
 from pipeline.tools.predict import predict_files
@@ -76,7 +76,7 @@ def test_rgb_input_equals_gray_model_on_luminance(smoke_run, tmp_path):
 def test_rgb_stem_with_the_fold_stem():
     """The exact fold stem (FoldedStem) keeps its input-independent correction when its conv takes RGB."""
     from pipeline.config import ModelConfig
-    from pipeline.models import build_model
+    from pipeline.model.models import build_model
 
     torch.manual_seed(0)
     built = build_model(ModelConfig(backbone="resnet18", pretrained="none", stem="fold"), 1)
@@ -92,7 +92,7 @@ def test_rgb_stem_with_the_fold_stem():
 def test_monai_bundle_equals_predict_on_a_dicom(smoke_run, small_chest, tmp_path):
     from monai.bundle import ConfigParser
 
-    from pipeline.bundle import REQUIRED_METADATA, REQUIRED_TENSOR_FIELDS
+    from pipeline.deploy.bundle import REQUIRED_METADATA, REQUIRED_TENSOR_FIELDS
 
     bundle = tmp_path / "bundle"
     assert export_main([str(smoke_run), "--format", "monai-bundle", "--out", str(bundle)]) == 0

@@ -271,11 +271,11 @@ def test_skip_that_empties_a_fold(demo, tmp_path, capsys):
 
 def test_validation_fold_without_a_class_is_refused(demo):
     """The fold check itself (a saved splits.json, or any split that leaves a class out of a fold)."""
-    from pipeline.checks import check_folds
     from pipeline.config import load_config
-    from pipeline.cv import Fold, Splits
+    from pipeline.data.checks import check_folds
+    from pipeline.data.cv import Fold, Splits
+    from pipeline.data.manifest import Sample
     from pipeline.errors import DataError
-    from pipeline.manifest import Sample
 
     cfg = load_config("smoke", [])
     samples = [Sample(f"/x/{p}", p, t, ("normal", "pneumonia")[t], p, True, None, None, i + 2)
@@ -287,7 +287,7 @@ def test_validation_fold_without_a_class_is_refused(demo):
 
 
 def test_memory_guard(demo, tmp_path, capsys, monkeypatch):
-    from pipeline import checks
+    from pipeline.data import checks
 
     monkeypatch.setattr(checks, "_available_memory", lambda: 1000)
     rc = _run(_write(tmp_path / "labels.csv", demo["rows"]), tmp_path / "run")
@@ -297,8 +297,8 @@ def test_memory_guard(demo, tmp_path, capsys, monkeypatch):
 def test_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch):
     import torch
 
-    from pipeline.checkpoint import atomic_save
     from pipeline.errors import PipelineError
+    from pipeline.model.checkpoint import atomic_save
 
     def full(obj, fh):
         fh.write(b"partial")
@@ -372,8 +372,8 @@ def test_predict_skips_bad_files_with_the_readers_reason(trained, demo, tmp_path
 def test_nan_loss_names_fold_stage_epoch_and_keeps_finished_folds(demo, tmp_path, capsys, monkeypatch):
     import torch
 
-    from pipeline import run as run_module
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.model.checkpoint import load_checkpoint
+    from pipeline.train import run as run_module
 
     real = run_module.make_loss
     calls = {"folds": 0}
@@ -405,11 +405,11 @@ def test_audit_reports_the_leak_with_exit_code_1(name, demo, tmp_path, capsys):
 
 
 def test_after_decode_groups_copies_by_pixels_and_warns_of_a_copy_under_another_label(graystem_warnings):
-    from pipeline.cache import MemoryStore
-    from pipeline.checks import after_decode
     from pipeline.config import load_config
-    from pipeline.datasets import Decoded
-    from pipeline.manifest import Sample
+    from pipeline.data.cache import MemoryStore
+    from pipeline.data.checks import after_decode
+    from pipeline.data.datasets import Decoded
+    from pipeline.data.manifest import Sample
 
     def sample(name, patient, known, label):
         return Sample(image=name, image_text=name, target=int(label == "pneumonia"), label=label,

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_config
+from pipeline.data.manifest import load_manifest
 from pipeline.errors import ConfigError, DataError
-from pipeline.manifest import load_manifest
 
 
 def _png(path, value):

@@ -12,8 +12,8 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
-from pipeline.models import build_model, freeze_bn_stats, set_trainable, stem_conv
-from pipeline.weights import create_backbone
+from pipeline.model.models import build_model, freeze_bn_stats, set_trainable, stem_conv
+from pipeline.model.weights import create_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = ["resnet18", "densenet121", "tf_efficientnet_lite0", "convnext_nano"]

@@ -92,8 +92,8 @@ def test_no_identifier_in_any_output(identified, tmp_path, capsys):
 
 
 def test_same_key_same_pseudonym_and_key_stays_outside_the_run(tmp_path):
-    from pipeline import privacy
     from pipeline.config import load_config
+    from pipeline.data import privacy
     from pipeline.errors import ConfigError
 
     cfg = load_config("smoke", ["privacy.pseudonymize_ids=true"])

@@ -11,7 +11,7 @@ from sklearn.metrics import confusion_matrix
 
 from pipeline.cli import main
 from pipeline.demo import make_demo
-from pipeline.metrics import (
+from pipeline.results.metrics import (
     binary_metrics,
     compute_metrics,
     design_effect,
@@ -140,7 +140,7 @@ def test_summary_records_provenance(quiet_run):
 def test_log_images_false_keeps_images_out_of_tensorboard(quiet_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from pipeline.tracking import Tags
+    from pipeline.results.tracking import Tags
 
     for fold in ("fold_0", "fold_1"):
         acc = EventAccumulator(str(quiet_run / "tensorboard" / fold), size_guidance={"images": 0})

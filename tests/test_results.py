@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from pipeline.checkpoint import load_run
 from pipeline.cli import main as train_main
 from pipeline.config import load_config
-from pipeline.cv import make_splits
+from pipeline.data.cv import make_splits
+from pipeline.data.manifest import load_manifest
 from pipeline.demo import make_demo
-from pipeline.manifest import load_manifest
-from pipeline.stats import delong_test
+from pipeline.model.checkpoint import load_run
+from pipeline.results.stats import delong_test
 from pipeline.tools.compare import compare
 from pipeline.tools.compare import main as compare_main
 from pipeline.tools.evaluate import main as evaluate_main
@@ -215,7 +215,7 @@ def test_fast_delong_matches_the_pairwise_reference(seed):
 def test_rank_auroc_equals_sklearn():
     from sklearn.metrics import roc_auc_score
 
-    from pipeline.stats import auroc
+    from pipeline.results.stats import auroc
 
     rng = np.random.default_rng(3)
     y, p = rng.integers(0, 2, 50), np.round(rng.random(50), 1)
@@ -224,7 +224,7 @@ def test_rank_auroc_equals_sklearn():
 
 
 def test_bootstrap_p_value_is_never_zero_and_is_printed_as_such():
-    from pipeline.stats import auroc, paired_bootstrap
+    from pipeline.results.stats import auroc, paired_bootstrap
     from pipeline.tools.compare import _p
 
     rng = np.random.default_rng(4)

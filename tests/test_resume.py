@@ -14,7 +14,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.demo import make_demo
-from pipeline.tracking import Tags
+from pipeline.results.tracking import Tags
 
 ROOT = Path(__file__).resolve().parents[1]
 # three head epochs leave time to kill the run between two checkpoints of one stage
@@ -138,7 +138,7 @@ def head_run(manifest, tmp_path_factory):
 
 def test_cache_features_stage_trains_only_the_head(head_run):
     from pipeline.config import ModelConfig
-    from pipeline.models import build_model
+    from pipeline.model.models import build_model
 
     result = json.loads((head_run / "fold_0" / "result.json").read_text())
     assert all(0 < h["train_loss"] < 10 for h in result["history"])  # finite

@@ -9,8 +9,8 @@ from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.stems import FoldedStem, Normalization, border_mask, convert_stem, output_at, stem_conv
-from pipeline.weights import create_backbone
+from pipeline.model.stems import FoldedStem, Normalization, border_mask, convert_stem, output_at, stem_conv
+from pipeline.model.weights import create_backbone
 
 BACKBONES = ["resnet18", "densenet121", "tf_efficientnet_lite0", "convnext_nano"]
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

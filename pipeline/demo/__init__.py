@@ -15,9 +15,9 @@ import shutil
 import time
 from pathlib import Path
 
-from ..errors import ConfigError, exits_on_error
-from .chest import chest_specs, chest_stored, render_chest, write_chest
-from .ultrasound import render_us, us_specs, write_us
+from pipeline.demo.chest import chest_specs, chest_stored, render_chest, write_chest
+from pipeline.demo.ultrasound import render_us, us_specs, write_us
+from pipeline.errors import ConfigError, exits_on_error
 
 __all__ = ["DATASETS", "VERSION", "chest_specs", "chest_stored", "ensure_demo_data", "main", "make_demo",
            "render_chest", "render_us", "us_specs"]
@@ -76,7 +76,9 @@ def make_demo(root: Path = Path("data/demo"), which=DATASETS, seed: int = 0, *, 
 def ensure_demo_data(cfg, log=print) -> None:
     """The built-in configs point at generated demo data: make it on first use, and again when the generator
     changed (the version marker is compared; current data of any size is left alone)."""
-    from ..manifest import resolve_data_path  # the manifest module pulls in the readers; only needed here
+    from pipeline.data.manifest import (
+        resolve_data_path,  # the manifest module pulls in the readers; only needed here
+    )
 
     if not cfg.data.demo:
         return

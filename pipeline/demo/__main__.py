@@ -1,4 +1,4 @@
-from . import main
+from pipeline.demo import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

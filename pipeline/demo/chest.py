@@ -10,7 +10,17 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, RLELossless
 from scipy import ndimage as ndi
 
-from .common import _DS, BASE_DATE, _exact_flags, _lowfreq, _patients, _rng, _sig, _smooth_noise, _uid
+from pipeline.demo.common import (
+    _DS,
+    BASE_DATE,
+    _exact_flags,
+    _lowfreq,
+    _patients,
+    _rng,
+    _sig,
+    _smooth_noise,
+    _uid,
+)
 
 # difficulty knobs. Measured: ImageNet EfficientNet-Lite0 fine-tuned at 128 px on the train split reaches
 # AUROC ~0.86 on held-out data; see data/README.md

@@ -12,7 +12,7 @@ from pydicom.pixels import convert_color_space
 from pydicom.uid import UltrasoundMultiFrameImageStorage
 from scipy import ndimage as ndi
 
-from .common import _DS, BASE_DATE, _exact_flags, _lowfreq, _patients, _rng, _sig, _uid
+from pipeline.demo.common import _DS, BASE_DATE, _exact_flags, _lowfreq, _patients, _rng, _sig, _uid
 
 # difficulty knobs. Measured: ImageNet EfficientNet-Lite0 fine-tuned at 128 px on the train split reaches
 # AUROC ~0.92 per study on held-out data; see data/README.md

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ConfigError, ImageReadError
+from pipeline.io import dicom, nifti, raster
+from pipeline.io.info import ReadInfo
 from pipeline.vocab import NIFTI_SUFFIXES, RASTER_SUFFIXES
-
-from . import dicom, nifti, raster
-from .info import ReadInfo
 
 __all__ = ["ReadInfo", "ReaderOptions", "count_frames", "detect_format", "nonzero_slices", "read_gray"]
 

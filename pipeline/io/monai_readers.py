@@ -29,9 +29,8 @@ from monai.data import ImageReader
 from monai.utils import MetaKeys
 
 from pipeline.errors import ImageReadError
+from pipeline.io import ReaderOptions, detect_format, expanded_frames, read_gray
 from pipeline.vocab import DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES
-
-from . import ReaderOptions, detect_format, expanded_frames, read_gray
 
 __all__ = ["DicomGrayReader", "GrayReader", "NiftiGrayReader", "RasterGrayReader"]
 

@@ -26,15 +26,15 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..checks import check_pixels, pixel_digest
-from ..cliargs import add_config_arguments
-from ..config import load_config
-from ..cv import make_splits
-from ..demo import ensure_demo_data
-from ..errors import DataError, ImageReadError, error_reason, exits_on_error
-from ..io import detect_format, read_gray
-from ..io.dicom import read_dicom_header
-from ..manifest import load_manifest, reader_options
+from pipeline.cliargs import add_config_arguments
+from pipeline.config import load_config
+from pipeline.data.checks import check_pixels, pixel_digest
+from pipeline.data.cv import make_splits
+from pipeline.data.manifest import load_manifest, reader_options
+from pipeline.demo import ensure_demo_data
+from pipeline.errors import DataError, ImageReadError, error_reason, exits_on_error
+from pipeline.io import detect_format, read_gray
+from pipeline.io.dicom import read_dicom_header
 
 
 def _counts(values) -> dict:

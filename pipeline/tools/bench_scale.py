@@ -85,9 +85,9 @@ def _set_if(cfg, section: str, key: str, value) -> bool:
 def bench_decode(tmp: Path) -> dict:
     import torch
 
-    from ..config import load_config
-    from ..datasets import decode_samples
-    from ..manifest import load_manifest
+    from pipeline.config import load_config
+    from pipeline.data.datasets import decode_samples
+    from pipeline.data.manifest import load_manifest
 
     folder = tmp / "dicoms"
     folder.mkdir()
@@ -152,13 +152,13 @@ class _Fold:
     def __init__(self, cfg, device):
         import torch
 
-        from ..cv import make_splits
-        from ..datasets import decode_samples, sample_dataset
-        from ..engine import make_loss
-        from ..manifest import load_manifest
-        from ..models import build_model
-        from ..run import _loader
-        from ..transforms import sample_transforms
+        from pipeline.data.cv import make_splits
+        from pipeline.data.datasets import decode_samples, sample_dataset
+        from pipeline.data.manifest import load_manifest
+        from pipeline.data.transforms import sample_transforms
+        from pipeline.model.models import build_model
+        from pipeline.train.engine import make_loss
+        from pipeline.train.run import _loader
 
         self.cfg, self.device = cfg, device
         manifest = load_manifest(cfg)
@@ -180,10 +180,10 @@ class _Fold:
 
 
 def bench_frozen(fold: _Fold) -> dict:
-    from ..engine import train_one_epoch
-    from ..features import compute_features, feature_epoch
-    from ..models import set_trainable
-    from ..stages import build_optimizer
+    from pipeline.model.models import set_trainable
+    from pipeline.train.engine import train_one_epoch
+    from pipeline.train.features import compute_features, feature_epoch
+    from pipeline.train.stages import build_optimizer
 
     cfg, model = fold.cfg, fold.model
     stage = cfg.train.stages[0].model_copy(update={"epochs": 1})
@@ -218,8 +218,8 @@ def bench_data_wait(fold: _Fold, max_steps: int = 6) -> dict:
     """Full training steps; time blocked in the loader's next() over the whole step time."""
     import torch
 
-    from ..engine import _to_device, autocast
-    from ..models import set_trainable
+    from pipeline.model.models import set_trainable
+    from pipeline.train.engine import _to_device, autocast
 
     cfg, model, device = fold.cfg, fold.model, fold.device
     set_trainable(model, "all")
@@ -259,10 +259,10 @@ def bench_data_wait(fold: _Fold, max_steps: int = 6) -> dict:
 def run_suite(device_name: str = "auto") -> dict:
     from monai.data.meta_obj import set_track_meta
 
-    from .. import precision as precision_auto
-    from ..config import load_config
-    from ..demo import make_demo
-    from ..distributed import select_device
+    from pipeline.config import load_config
+    from pipeline.demo import make_demo
+    from pipeline.distributed import select_device
+    from pipeline.train import precision as precision_auto
 
     started = time.perf_counter()
     set_track_meta(False)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import ConfigError, exits_on_error
+from pipeline.errors import ConfigError, exits_on_error
 
 WHAT = ("decode", "train", "infer")
 DECODE_FILES = (  # (name, pydicom-data file, re-encode as RLE here)
@@ -66,7 +66,7 @@ def bench_decode(seconds: float) -> dict:
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from ..io import read_gray
+    from pipeline.io import read_gray
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,9 +108,9 @@ def bench_model(what: list[str], size: int, batch: int, seconds: float, device_n
     import torch
     from torch import nn
 
-    from ..config import load_config
-    from ..distributed import select_device
-    from ..models import build_model, freeze_bn_stats, set_trainable
+    from pipeline.config import load_config
+    from pipeline.distributed import select_device
+    from pipeline.model.models import build_model, freeze_bn_stats, set_trainable
 
     cfg = load_config("chest_xray")
     device = select_device(device_name)
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     if args.suite == "scale":
         import torch
 
-        from .bench_scale import main_scale
+        from pipeline.tools.bench_scale import main_scale
 
         if args.threads:
             torch.set_num_threads(args.threads)

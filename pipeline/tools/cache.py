@@ -2,7 +2,7 @@
 
     graystem cache [--cache-dir DIR] [--unused-days N] [--max-gb G] [--dry-run] [--json]
 
-The disk cache (`data.cache: disk`, pipeline.cache) keeps one `.npy` per decoded image under
+The disk cache (`data.cache: disk`, pipeline.data.cache) keeps one `.npy` per decoded image under
 DIR/v<READER_VERSION>/<shard>/. Every run, dry run or predict that finds an entry sets its mtime to now, so an
 entry's mtime is its last use. Without options this prints what the folder holds. Pruning:
 
@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import READER_VERSION, default_cache_dir
-from ..errors import ConfigError, exits_on_error
+from pipeline.data.cache import READER_VERSION, default_cache_dir
+from pipeline.errors import ConfigError, exits_on_error
 
 GB = 1e9
 IN_USE_S = 3600  # entries used this recently may belong to a running job

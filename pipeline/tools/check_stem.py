@@ -17,10 +17,10 @@ import json
 import numpy as np
 import torch
 
-from ..errors import exits_on_error
-from ..stems import border_mask, convert_stem, output_at, stem_conv
-from ..vocab import STEM_STRATEGIES
-from ..weights import create_backbone
+from pipeline.errors import exits_on_error
+from pipeline.model.stems import border_mask, convert_stem, output_at, stem_conv
+from pipeline.model.weights import create_backbone
+from pipeline.vocab import STEM_STRATEGIES
 
 
 def grey_photo(name: str, size: int) -> torch.Tensor:

@@ -4,7 +4,7 @@
 
 For each pair (a, b): diff = metric(b) - metric(a) on the same cases, with a 95% CI from a paired patient
 bootstrap (patients resampled with replacement, the same draw for both runs) and a two-sided p-value from that
-bootstrap distribution, 2 * min(P(d <= 0), P(d >= 0)); for binary AUROC also DeLong's test (pipeline.stats).
+bootstrap distribution, 2 * min(P(d <= 0), P(d >= 0)); for binary AUROC also DeLong's test (pipeline.results.stats).
 Predictions are the runs' own files (test_predictions.csv, or oof_predictions.csv with --on oof), matched by
 image and patient; runs scored on different test patients (or, with --on oof, different images) are refused.
 A run trained over several seeds (--seeds N) is compared through its seed ensemble: the top-level prediction
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, exits_on_error
-from ..metrics import compute_metrics
-from ..stats import auroc, delong_test, paired_bootstrap
-from ..vocab import METRICS
+from pipeline.errors import ConfigError, DataError, exits_on_error
+from pipeline.results.metrics import compute_metrics
+from pipeline.results.stats import auroc, delong_test, paired_bootstrap
+from pipeline.vocab import METRICS
 
 
 @dataclass

@@ -18,14 +18,14 @@ import json
 import sys
 from pathlib import Path
 
-from ..checkpoint import load_run
-from ..errors import ConfigError, exits_on_error
-from ..inference import predicted_label, score_files
-from ..manifest import load_manifest
-from ..outputs import class_matrix
-from ..report import _aggregate, _write_predictions, score_items
-from ..tracking import log, setup_logging
-from ..vocab import METRICS
+from pipeline.data.manifest import load_manifest
+from pipeline.deploy.inference import predicted_label, score_files
+from pipeline.errors import ConfigError, exits_on_error
+from pipeline.logs import log, setup_logging
+from pipeline.model.checkpoint import load_run
+from pipeline.model.outputs import class_matrix
+from pipeline.results.report import _aggregate, _write_predictions, score_items
+from pipeline.vocab import METRICS
 
 
 def _per_sample_scores(samples, scores, skipped) -> tuple[list[int], list]:
@@ -98,7 +98,7 @@ def _write_report(out: Path, summary: dict, items, cfg) -> None:
         lines.append(f"| {k} | {fmt(t.get(k))} | {f'{c[0]:.3f} – {c[1]:.3f}' if c else ''} |")
     import matplotlib.pyplot as plt
 
-    from ..report_plots import figures
+    from pipeline.results.report_plots import figures
 
     for name, fig in figures(summary, [], items, cfg.report.calibration_bins, "external (fold ensemble)").items():
         fig.savefig(out / f"{name}.png", dpi=110)

@@ -12,7 +12,7 @@ its luminance (normalisation is a scalar mean/std and sum(lambda) = 1, so it com
 
 Formats: `onnx` (torch.onnx.export, dynamo; needs the `export` extra: onnx, onnxscript; checked with onnxruntime
 when installed), `exported-program` (torch.export -> .pt2, load with torch.export.load), `torchscript` (legacy,
-torch.jit.trace), `monai-bundle` (MONAI bundle layout, TorchScript model, see pipeline.bundle). Every format
+torch.jit.trace), `monai-bundle` (MONAI bundle layout, TorchScript model, see pipeline.deploy.bundle). Every format
 writes metadata.json and model_card.md beside the model. `--out` is a folder (default RUN_DIR/export/<format>),
 or for the single-file formats a file name ending .onnx / .pt2 / .ts whose folder gets the metadata.
 """
@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import FinishedRun, load_run
-from ..errors import ConfigError, exits_on_error
-from ..inference import EnsembleModule
-from ..modelcard import export_metadata, write_metadata_and_card
-from ..stems import RepeatChannels, stem_conv
-from ..vocab import LUMA_REC601
+from pipeline.deploy.inference import EnsembleModule
+from pipeline.deploy.modelcard import export_metadata, write_metadata_and_card
+from pipeline.errors import ConfigError, exits_on_error
+from pipeline.model.checkpoint import FinishedRun, load_run
+from pipeline.model.stems import RepeatChannels, stem_conv
+from pipeline.vocab import LUMA_REC601
 
 FORMATS = ("onnx", "exported-program", "torchscript", "monai-bundle")
 SUFFIX = {"onnx": ".onnx", "exported-program": ".pt2", "torchscript": ".ts"}
@@ -183,7 +183,7 @@ def export(run_dir: Path, out: Path | None = None, fold: int | None = None, fmt:
     meta["parity_max_abs_diff"] = diff
     _, card = write_metadata_and_card(folder, meta)
     if fmt == "monai-bundle":
-        from ..bundle import write_bundle
+        from pipeline.deploy.bundle import write_bundle
 
         write_bundle(run, folder, meta, card.read_text())
     say(f"      {folder} ({time.perf_counter() - t:.1f} s); total {time.perf_counter() - t0:.1f} s")

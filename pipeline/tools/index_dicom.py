@@ -23,10 +23,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .. import privacy
-from ..errors import DataError, ImageReadError, exits_on_error
-from ..io import detect_format
-from ..io.dicom import read_dicom_header
+from pipeline.data import privacy
+from pipeline.errors import DataError, ImageReadError, exits_on_error
+from pipeline.io import detect_format
+from pipeline.io.dicom import read_dicom_header
 
 COLUMNS = ["image", "patient_id", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
            "PhotometricInterpretation", "Rows", "Columns", "NumberOfFrames", "BitsStored"]

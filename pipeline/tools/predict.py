@@ -17,10 +17,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..checkpoint import load_run
-from ..errors import ConfigError, exits_on_error
-from ..inference import score_files
-from ..outputs import probability_fields
+from pipeline.deploy.inference import score_files
+from pipeline.errors import ConfigError, exits_on_error
+from pipeline.model.checkpoint import load_run
+from pipeline.model.outputs import probability_fields
 
 
 def predict_files(run_dir: Path, images: list[tuple[str, int | None]], on_error: str = "raise",
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     for s in skipped:
         print(f"skipped: {s['image']}: {s['reason']}", file=sys.stderr)
     if args.cam:
-        from ..cam import write_cams
+        from pipeline.deploy.cam import write_cams
 
         bad = {s["image"] for s in skipped}
         pngs = write_cams(args.run_dir, [it for it in items if it[0] not in bad], args.cam,

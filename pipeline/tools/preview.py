@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cliargs import add_config_arguments
-from ..config import load_config
-from ..errors import DataError, exits_on_error
-from ..manifest import reader_options
-from ..models import build_model
-from ..transforms import load_transforms, sample_transforms
+from pipeline.cliargs import add_config_arguments
+from pipeline.config import load_config
+from pipeline.data.manifest import reader_options
+from pipeline.data.transforms import load_transforms, sample_transforms
+from pipeline.errors import DataError, exits_on_error
+from pipeline.model.models import build_model
 
 INFO_KEYS = ("format", "photometric", "modality", "voi_applied", "inverted", "frames", "frame", "crop", "shape")
 

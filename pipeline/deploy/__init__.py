@@ -1,0 +1,1 @@
+"""After training: the fold ensemble for inference, Grad-CAM, MONAI bundle and model card."""

@@ -1,0 +1,306 @@
+"""Grad-CAM of a finished run's fold models (monai.visualize.GradCAM): where the ensemble looks.
+
+A model that learned a burned-in L/R marker or a text label instead of the lung shows it here at a glance.
+
+- `target_layer(model)`: the module feeding the global pool (the one returning forward_features' output:
+  resnet 'layer4', densenet 'features', efficientnet 'bn2', convnext 'stages'), else timm's
+  feature_info[-1]['module'], else the last Conv2d (logged).
+- `cam_maps(run, images)`: the map of the positive class (binary: the single logit) or of the ensemble's
+  predicted class (multi-class / multi-label), one per fold model, each scaled to [0, 1], averaged over the
+  folds and scaled to [0, 1] again; (B, S, S) like the input, finite.
+- `write_cams(run, items, out_dir)`: for each file, `<stem>_cam.png` (the [0, 1] pixels after the run's load
+  transforms, i.e. what the network saw, with the map overlaid) and optionally `<stem>_cam.npy`.
+- `cam_panel(images, maps, titles, out)`: one PNG grid; `report_cam_panel(run_dir)` draws it for the run's report
+  on the most confident test positives, negatives and errors.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.logs import log
+from pipeline.model.checkpoint import FinishedRun, load_run
+
+PANEL = "cam_panel.png"
+
+
+def _pool_input_module(model: nn.Module) -> str | None:
+    """The module whose output is forward_features' output (what feeds the global pool), by one traced
+    forward: the last module to finish whose output is that very tensor (Identity pass-throughs skipped)."""
+    if not hasattr(model, "forward_features"):
+        return None
+    from pipeline.model.stems import stem_conv
+
+    try:
+        in_chans = stem_conv(model)[1].in_channels
+    except Exception:
+        return None
+    fired: list[tuple[str, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: fired.append((n, o)))
+             for n, m in model.named_modules() if n and not isinstance(m, nn.Identity)]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            p = next(model.parameters())
+            out = model.forward_features(torch.zeros(1, in_chans, 64, 64, device=p.device, dtype=p.dtype))
+        model.train(was_training)
+    except Exception:
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    same = [n for n, o in fired if isinstance(o, torch.Tensor) and o.shape == out.shape
+            and o.data_ptr() == out.data_ptr()]
+    return same[-1] if same else None
+
+
+def target_layer(model: nn.Module) -> str:
+    """Name of the module whose output is the last feature map, the one that feeds the global pool.
+
+    Found generically: the module returning forward_features' output (resnet 'layer4', densenet 'features'
+    = norm5's output, efficientnet 'bn2', convnext 'stages'); else timm's feature_info[-1]['module'] (the
+    last feature block: for EfficientNet that is 'blocks.6', the linear bottleneck before conv_head, whose
+    Grad-CAM is often negative everywhere, hence the traced module first); else the last Conv2d, logged.
+    """
+    names = dict(model.named_modules())
+    name = _pool_input_module(model)
+    if name:
+        return name
+    info = getattr(model, "feature_info", None)
+    try:
+        name = info[-1]["module"] if info is not None else None
+    except (TypeError, KeyError, IndexError):
+        name = None
+    if name and name in names:
+        return name
+    convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(model).__name__}: no feature_info and no Conv2d to take a Grad-CAM from")
+    log.info(f"grad-cam: {type(model).__name__} has no forward_features / feature_info; using the last "
+             f"Conv2d {convs[-1]!r} as the target layer")
+    return convs[-1]
+
+
+class _Normalized(nn.Module):
+    """[0, 1] pixels -> the run's normalisation -> fold model: GradCAM sees the same input as predict."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
+def _unit(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max to [0, 1]; a flat map (no evidence anywhere) stays 0. (MONAI's default_normalizer
+    maps max -> 0, the reverse of what an overlay needs, so it is not used.)"""
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1).values.view(-1, 1, 1), flat.max(1).values.view(-1, 1, 1)
+    span = hi - lo
+    return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.zeros_like(maps))
+
+
+def model_maps(model: nn.Module, norm, x: torch.Tensor, class_idx, layer: str | None = None) -> torch.Tensor:
+    """(B, H, W) Grad-CAM of one model on [0, 1] pixels x (B, C, H, W), in [0, 1]."""
+    from monai.visualize import GradCAM
+
+    wrapped = _Normalized(model, norm.mean, norm.std).to(x.device)
+    inner, prefix = model, "model."
+    while isinstance(inner, SignedBinary):
+        inner, prefix = inner.model, prefix + "model."
+    name = prefix + (layer or target_layer(inner))
+    cam = GradCAM(nn_module=wrapped, target_layers=name, postprocessing=lambda m: m)
+    with torch.enable_grad():
+        maps = cam(x.clone().requires_grad_(True), class_idx=class_idx)
+    maps = torch.nan_to_num(maps.detach()[:, 0].float(), nan=0.0, posinf=0.0, neginf=0.0)
+    return _unit(maps)
+
+
+class SignedBinary(nn.Module):
+    """(B, 1) logit z -> (B, 2) [t - z, z - t] with t the threshold's logit: column 1 is the positive class,
+    column 0 the negative class's evidence, and argmax is the run's decision at its operating point."""
+
+    def __init__(self, model: nn.Module, threshold: float):
+        super().__init__()
+        self.model = model
+        p = min(max(float(threshold), 1e-6), 1 - 1e-6)
+        self.t = float(np.log(p / (1 - p)))
+
+    def forward(self, x):
+        z = self.model(x)[:, :1] - self.t
+        return torch.cat([-z, z], 1)
+
+
+def cam_maps(run: FinishedRun, images: torch.Tensor, models: Sequence[nn.Module] | None = None,
+             target: str = "positive") -> np.ndarray:
+    """(B, S, S) fold-ensemble Grad-CAM of [0, 1] pixels (B, 1, S, S), mean of the folds' [0, 1] maps rescaled
+    to [0, 1]. target='positive': binary runs map the positive class (the single logit; an image the model
+    finds no positive evidence in gets an all-zero map); multi-class the ensemble's predicted class.
+    target='predicted': binary runs map the class decided at the run's threshold (negative evidence for
+    images called negative)."""
+    from pipeline.deploy.inference import EnsembleModule
+
+    models = list(models) if models is not None else run.models()
+    task, norm = run.task, run.normalization
+    with torch.no_grad():
+        probs = EnsembleModule(models, norm, task)(images)
+    if task.type == "binary":
+        if target == "positive":
+            return cam_maps_for_class(models, norm, images, 0)
+        pos = task.classes.index(task.positive)
+        pred = (probs[:, pos] >= run.threshold).long()  # 1: positive column of SignedBinary
+        models = [SignedBinary(m, run.threshold) for m in models]
+    else:
+        pred = probs.argmax(1)
+    out = np.zeros((images.shape[0], *images.shape[-2:]), dtype=np.float32)
+    for c in pred.unique().tolist():  # one pass per class present
+        sel = (pred == c).numpy()
+        out[sel] = cam_maps_for_class(models, norm, images[torch.from_numpy(sel)], int(c))
+    return out
+
+
+def cam_maps_for_class(models, norm, images: torch.Tensor, class_idx: int) -> np.ndarray:
+    maps = torch.stack([model_maps(m, norm, images, class_idx) for m in models]).mean(0)
+    return _unit(maps).numpy()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def overlay(ax, image: np.ndarray, cam: np.ndarray, title: str | None = None, alpha: float = 0.45,
+            cmap: str = "jet") -> None:
+    ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+    ax.imshow(cam, cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def cam_panel(images: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None], titles: Sequence[str], out: Path,
+              ncols: int = 4, row_labels: Sequence[str] | None = None) -> Path:
+    """One PNG grid of maps overlaid on the images (each image (S, S) in [0, 1]; None leaves the cell empty)."""
+    plt = _plt()
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.0 * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k < n and images[k] is not None:
+            overlay(ax, images[k], maps[k], titles[k])
+        else:
+            ax.set_axis_off()
+    if row_labels:
+        for r, label in enumerate(row_labels[:nrows]):
+            axes[r, 0].text(-0.08, 0.5, label, transform=axes[r, 0].transAxes, rotation=90, ha="right",
+                            va="center", fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def load_pixels(run: FinishedRun, items: Sequence[tuple[str, int | None]]) -> list[np.ndarray]:
+    """(S, S) [0, 1] pixels of each (file, frame) after the run's load transforms: what the network saw."""
+    from pipeline.data.manifest import reader_options
+    from pipeline.data.transforms import load_transforms
+
+    chain = load_transforms(run.cfg, reader_options(run.cfg))
+    return [np.asarray(chain({"image": str(p), "frame": f})["image"])[0] for p, f in items]
+
+
+def write_cams(run: FinishedRun | Path, items: Sequence[tuple[str, int | None]], out_dir: Path, *,
+               save_npy: bool = False, batch_size: int = 16, target: str = "positive") -> list[Path]:
+    """For each (file, frame): out_dir/<name>_cam.png (and .npy); returns the PNG paths in input order."""
+    run = run if isinstance(run, FinishedRun) else load_run(Path(run))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = run.models()
+    plt = _plt()
+    written, used = [], set()
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        pixels = load_pixels(run, chunk)
+        maps = cam_maps(run, torch.from_numpy(np.stack(pixels))[:, None], models, target)
+        for (path, frame), image, cam in zip(chunk, pixels, maps, strict=True):
+            stem = Path(path).name.split(".")[0] + ("" if frame is None else f"_f{frame}")
+            name, k = stem, 1
+            while name in used:  # same file name in two folders: keep both
+                k += 1
+                name = f"{stem}_{k}"
+            used.add(name)
+            fig, ax = plt.subplots(figsize=(3, 3))
+            overlay(ax, image, cam, Path(path).name)
+            fig.tight_layout()
+            png = out_dir / f"{name}_cam.png"
+            fig.savefig(png, dpi=100)
+            plt.close(fig)
+            if save_npy:
+                np.save(out_dir / f"{name}_cam.npy", cam.astype(np.float32))
+            written.append(png)
+    return written
+
+
+def _panel_picks(rows: list[dict], task, threshold: float, per_row: int) -> list[tuple[str, list[dict]]]:
+    """Rows of the panel: most confident correct positives, correct negatives, and the most confident errors."""
+    if task.type != "binary":
+        for r in rows:
+            probs = {c: float(r[f"prob_{c}"]) for c in task.classes}
+            r["_pred"] = max(probs, key=probs.get)
+            r["_score"] = probs[r["_pred"]]
+        right = sorted((r for r in rows if r["_pred"] == r["label"]), key=lambda r: -r["_score"])
+        wrong = sorted((r for r in rows if r["_pred"] != r["label"]), key=lambda r: -r["_score"])
+        return [("most confident correct", right[:per_row]), ("most confident errors", wrong[:per_row])]
+    pos, neg = task.positive, task.negative
+    for r in rows:
+        r["_score"] = float(r[f"prob_{pos}"])
+        r["_pred"] = pos if r["_score"] >= threshold else neg
+    tp = sorted((r for r in rows if r["label"] == pos and r["_pred"] == pos), key=lambda r: -r["_score"])
+    tn = sorted((r for r in rows if r["label"] == neg and r["_pred"] == neg), key=lambda r: r["_score"])
+    err = sorted((r for r in rows if r["_pred"] != r["label"]), key=lambda r: -abs(r["_score"] - threshold))
+    return [(f"top {pos}", tp[:per_row]), (f"top {neg}", tn[:per_row]), ("confident errors", err[:per_row])]
+
+
+def report_cam_panel(run_dir: Path, per_row: int = 4) -> Path | None:
+    """RUN/cam_panel.png from test_predictions.csv and the fold models; None when there is no test set."""
+    run_dir = Path(run_dir)
+    preds = run_dir / "test_predictions.csv"
+    if not preds.is_file():
+        return None
+    run = load_run(run_dir)
+    from pipeline.data.manifest import load_manifest
+
+    where = {s.image_text: s.image for s in load_manifest(run.cfg).samples}
+    with preds.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["image"] in where]
+    if run.task.type == "multilabel" or not rows:
+        return None
+    picks = [(label, chosen) for label, chosen in _panel_picks(rows, run.task, run.threshold, per_row) if chosen]
+    if not picks:
+        return None
+    models = run.models()
+    images, maps, titles, labels = [], [], [], []
+    for label, chosen in picks:
+        pixels = load_pixels(run, [(where[r["image"]], None) for r in chosen])
+        cams = cam_maps(run, torch.from_numpy(np.stack(pixels))[:, None], models, "predicted")
+        images += pixels + [None] * (per_row - len(pixels))
+        maps += list(cams) + [None] * (per_row - len(cams))
+        titles += [f"{r['label']} p={r['_score']:.2f}, map: {r['_pred']}" for r in chosen] + [""] * (per_row - len(chosen))
+        labels.append(label)
+    return cam_panel(images, maps, titles, run_dir / PANEL, ncols=per_row, row_labels=labels)

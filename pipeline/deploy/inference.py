@@ -1,0 +1,123 @@
+"""Scoring files with a finished run's fold ensemble, exactly as the run scored its own test patients.
+
+`EnsembleModule` is the one definition of "the run's model" outside training: [0, 1] pixels in, the run's
+normalisation, the mean of the fold models' probabilities, one column per class. predict, evaluate and every
+export format use it, so their outputs agree by construction. Files are read with the run's reader settings
+and, where the run expanded cine frames (`data.frames: all | nonzero`), every frame is scored and the
+probabilities are averaged per file, as in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.data.checks import header_problem
+from pipeline.data.datasets import image_reader
+from pipeline.data.manifest import expand_frames, reader_options
+from pipeline.errors import DataError, ImageReadError, error_reason
+from pipeline.model.checkpoint import FinishedRun
+from pipeline.model.outputs import class_columns, probabilities
+from pipeline.model.stems import Normalization
+from pipeline.schema import TaskConfig
+
+
+class EnsembleModule(nn.Module):
+    """(B, C_in, S, S) pixels in [0, 1] -> (x - mean) / std -> mean of the members' probabilities, class order."""
+
+    def __init__(self, models: Sequence[nn.Module], norm: Normalization, task: TaskConfig):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+        self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.task_type = task.type
+        self.positive_index = task.classes.index(task.positive)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        scores = torch.stack([probabilities(self.task_type, m(x)) for m in self.models]).mean(0)
+        return class_columns(self.task_type, self.positive_index, scores)
+
+
+def build_ensemble(run: FinishedRun) -> EnsembleModule:
+    return EnsembleModule(run.models(), run.normalization, run.task).eval()
+
+
+def predicted_label(task: TaskConfig, probs: np.ndarray, threshold: float) -> str:
+    """The decision at the run's operating point: binary p(positive) >= threshold, multi-class argmax,
+    multi-label every class at or above the threshold (joined by ';')."""
+    if task.type == "binary":
+        return task.positive if probs[task.classes.index(task.positive)] >= threshold else task.negative
+    if task.type == "multiclass":
+        return task.classes[int(np.argmax(probs))]
+    return ";".join(c for c, p in zip(task.classes, probs, strict=True) if p >= threshold)
+
+
+@dataclass(frozen=True)
+class FileScore:
+    image: str
+    frames: int
+    probs: np.ndarray  # (C,) class order
+    predicted: str
+
+
+@torch.no_grad()
+def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on_error: str = "raise",
+                batch_size: int = 32, progress: bool = False) -> tuple[list[FileScore], list[dict]]:
+    """(scores per file, skipped [{'image', 'reason'}]). Unreadable files stop with one line naming the file,
+    or with on_error='skip' are listed and the rest is scored."""
+    cfg, opts = run.cfg, reader_options(run.cfg)
+    read = image_reader(cfg)  # through the disk cache when the run used one
+    module = build_ensemble(run)
+    pending: list[torch.Tensor] = []  # decoded frames waiting for a full batch: memory stays one batch
+    outputs: list[np.ndarray] = []
+    owner: list[int] = []  # file index of every decoded frame
+    kept: list[str] = []
+    skipped: list[dict] = []
+
+    def flush():
+        if pending:
+            outputs.append(module(torch.stack(pending)).numpy())
+            pending.clear()
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc="read", unit="file", leave=False)
+    for path, frame in items:
+        try:
+            problem = header_problem(path)  # a header that says "no pixels" is not worth decoding
+            if problem:
+                raise ImageReadError(path, problem)
+            frames = expand_frames(Path(path), "" if frame is None else str(frame), cfg, opts)
+            decoded = [read(path, f) for f in frames]
+        except Exception as exc:  # any reader failure of one file: named, and skippable
+            if on_error != "skip":
+                raise DataError(f"{path}: {error_reason(exc)}") from None
+            skipped.append({"image": path, "reason": error_reason(exc)})
+            continue
+        finally:
+            if bar is not None:
+                bar.update(1)
+        owner += [len(kept)] * len(decoded)
+        pending += [torch.as_tensor(x) for x in decoded]
+        kept.append(path)
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    if bar is not None:
+        bar.close()
+    out = np.concatenate(outputs) if outputs else np.zeros((0, len(run.task.classes)))
+    owner_arr = np.array(owner, dtype=int)
+    scores = []
+    for k, path in enumerate(kept):
+        probs = out[owner_arr == k].mean(0)
+        scores.append(FileScore(path, int((owner_arr == k).sum()), probs,
+                                predicted_label(run.task, probs, run.threshold)))
+    return scores, skipped

@@ -1,0 +1,1 @@
+"""Results: metrics, statistics, TensorBoard tracking and the run's report."""

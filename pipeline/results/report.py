@@ -1,0 +1,252 @@
+"""Run outputs: oof/test prediction CSVs, summary.json, report.md with ROC and calibration plots.
+
+Fold metrics are recomputed from the saved out-of-fold predictions (not taken from the training loop) so the
+operating point is the same for every number in the report. When frames or slices were expanded into
+samples, predictions are averaged per image file (the exam is the clinical unit) before scoring.
+fold_K/result.json keeps the training loop's own validation metrics under `metrics_at_training_threshold`
+(per frame, at the training-time threshold; they chose the best epoch); every fold number in summary.json
+and report.md is at the run's one threshold.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.model.outputs import class_matrix, probability_fields
+from pipeline.results.metrics import (
+    binary_metrics,
+    compute_metrics,
+    confidence_intervals,
+    proportion_cis,
+    threshold_for,
+    youden_threshold,
+)
+from pipeline.results.provenance import provenance
+from pipeline.results.tracking import Tags
+from pipeline.vocab import METRICS, TABLE_METRICS
+
+POINT_KEYS = ("tp", "fp", "tn", "fn", "sensitivity", "specificity", "ppv", "npv")
+
+
+def _aggregate(samples, indices, probs, fold_of=None):
+    """Average probabilities over the samples (frames) of one image file."""
+    groups: dict[str, list[int]] = {}
+    for j, i in enumerate(indices):
+        groups.setdefault(samples[i].image, []).append(j)
+    out = []
+    for js in groups.values():
+        s = samples[indices[js[0]]]
+        out.append({"image": s.image_text, "patient_id": s.patient_id, "label": s.label, "target": s.target,
+                    "frames": len(js), "fold": None if fold_of is None else fold_of[js[0]],
+                    "prob": np.mean([probs[j] for j in js], axis=0)})
+    return out
+
+
+def fold_ensemble(tests: list[dict]) -> tuple[list[int], np.ndarray]:
+    """Mean probability of the fold models per test sample, matched by sample index (not by position)."""
+    by_index: dict[int, list] = {}
+    for t in tests:
+        for i, p in zip(t["indices"], t["probs"], strict=True):
+            by_index.setdefault(i, []).append(p)
+    if any(len(v) != len(tests) for v in by_index.values()):
+        raise ValueError("fold models scored different test samples")
+    idx = sorted(by_index)
+    return idx, np.array([np.mean(by_index[i], axis=0) for i in idx])
+
+
+def _arrays(items, task_type):
+    y = np.array([it["target"] for it in items], dtype=float)
+    p = np.array([it["prob"] for it in items], dtype=float)
+    if task_type != "multilabel":
+        y = y.astype(int)
+    return y, p
+
+
+def _write_predictions(path: Path, items, task, with_fold: bool, predicted: list[str] | None = None):
+    """One row per image; `predicted` (the decision at the run's threshold) adds a last column."""
+    probs = class_matrix(task, [it["prob"] for it in items])
+    fields = ["image", "patient_id"] + (["fold"] if with_fold else []) + ["frames", "label"]
+    if task.type == "multilabel":
+        fields += [f"label_{c}" for c in task.classes]
+    fields += probability_fields(task) + (["predicted"] if predicted is not None else [])
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(fields)
+        for j, (it, pr) in enumerate(zip(items, probs, strict=True)):
+            row = [it["image"], it["patient_id"]] + ([it["fold"]] if with_fold else []) + [it["frames"], it["label"]]
+            if task.type == "multilabel":
+                row += ["" if np.isnan(v) else int(v) for v in it["target"]]
+            row += [f"{v:.6f}" for v in pr] + ([predicted[j]] if predicted is not None else [])
+            w.writerow(row)
+
+
+def score_items(cfg, items, threshold: float, n_models: int) -> dict:
+    """summary.json's `test` block for scored images (`_aggregate` items): metrics at the given threshold, the
+    patient-bootstrap ci95 and the number of models. write_outputs and `graystem evaluate` both use it, so an
+    external set's block has exactly the shape and the computation of the run's own test block."""
+    task, bins = cfg.task, cfg.report.calibration_bins
+    y, p = _arrays(items, task.type)
+    block = compute_metrics(task.type, y, p, task.classes, threshold, bins)
+    patients = [it["patient_id"] for it in items]
+    ci, method, deff = confidence_intervals(task.type, y, p, task.classes, patients, threshold,
+                                            n=cfg.report.bootstrap, seed=cfg.cv.seed, bins=bins)
+    # a seed ensemble counts every seed's fold models
+    block.update(ci95=ci, ci_method=method, design_effect=deff, n_models=n_models, n_patients=len(set(patients)))
+    return block
+
+
+def _mean_std(fold_metrics: list[dict]):
+    mean, std = {}, {}
+    for k in METRICS:
+        vals = [m[k] for m in fold_metrics if m.get(k) is not None]
+        if vals:
+            mean[k], std[k] = float(np.mean(vals)), float(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)
+    return mean, std
+
+
+def _point(y, p, patients, threshold) -> dict:
+    """Confusion counts and rates at one threshold, with Wilson intervals of the rates."""
+    m = binary_metrics(y, p, threshold)
+    ci = proportion_cis("binary", y, p, patients, threshold)
+    ci.pop("deff")
+    return {**{k: m[k] for k in POINT_KEYS}, "ci95": {k: v for k, v in ci.items() if k != "accuracy"}}
+
+
+def operating_points(cfg, threshold, oof, test) -> list[dict]:
+    """Binary tasks: the run's threshold (Youden or fixed) and the thresholds reaching the target sensitivity
+    and specificity, all chosen on the pooled out-of-fold predictions, then applied unchanged to the test set."""
+    y, p = _arrays(oof, "binary")
+    rep = cfg.report
+    candidates = [("youden" if rep.threshold == "youden" else "fixed", threshold, None)]
+    if rep.target_sensitivity is not None:
+        candidates.append(("target_sensitivity",
+                           threshold_for(y, p, sensitivity=rep.target_sensitivity),
+                           {"sensitivity": rep.target_sensitivity}))
+    if rep.target_specificity is not None:
+        candidates.append(("target_specificity",
+                           threshold_for(y, p, specificity=rep.target_specificity),
+                           {"specificity": rep.target_specificity}))
+    points = []
+    for name, t, target in candidates:
+        if t is None:
+            continue
+        pt = {"name": name, "threshold": t, "chosen_on": "oof", "target": target,
+              "oof": _point(y, p, [it["patient_id"] for it in oof], t), "test": None}
+        if test:
+            yt, pt_ = _arrays(test, "binary")
+            pt["test"] = _point(yt, pt_, [it["patient_id"] for it in test], t)
+        points.append(pt)
+    return points
+
+
+def _hparams(cfg, summary) -> tuple[dict, dict]:
+    """The knobs that the HParams tab compares across runs, and the results beside them."""
+    h = {"backbone": cfg.model.backbone, "stem": str(summary["model"]["stem"]), "pretrained": cfg.model.pretrained,
+         "image_size": cfg.data.image_size, "batch_size": cfg.train.batch_size, "seed": cfg.train.seed,
+         "folds": cfg.cv.folds}
+    for st in cfg.train.stages:
+        h[f"{st.name}_lr"], h[f"{st.name}_epochs"], h[f"{st.name}_train"] = st.lr, st.epochs, st.train
+    m = {f"cv_mean_{k}": summary["mean"].get(k) for k in ("auroc", "auprc", "balanced_accuracy")}
+    m["oof_auroc"] = summary["oof"].get("auroc")
+    for k in ("auroc", "auprc", "sensitivity", "specificity") if summary.get("test") else ():
+        m[f"test_{k}"] = summary["test"].get(k)
+    return h, m
+
+
+def write_outputs(cfg, run_dir: Path, prep, results, tracker, started: float | None = None) -> dict:
+    task, rows = cfg.task, prep.decoded.samples
+    oof_idx, oof_probs, oof_fold = [], [], []
+    for res in results:
+        oof_idx += res["val"]["indices"]
+        oof_probs += res["val"]["probs"]
+        oof_fold += [res["fold"]] * len(res["val"]["indices"])
+    oof = _aggregate(rows, oof_idx, oof_probs, oof_fold)
+    y_oof, p_oof = _arrays(oof, task.type)
+
+    threshold = cfg.report.threshold
+    if threshold == "youden":
+        threshold = youden_threshold(y_oof, p_oof) if task.type == "binary" else 0.5
+    bins = cfg.report.calibration_bins
+
+    folds = []
+    for res in results:
+        sel = [i for i, it in enumerate(oof) if it["fold"] == res["fold"]]
+        m = compute_metrics(task.type, y_oof[sel], p_oof[sel], task.classes, threshold, bins)
+        folds.append({"fold": res["fold"], "metrics": m, "best_epoch": res["best_epoch"], "stage": res["stage"],
+                      "n_val": len(sel), "n_val_patients": len({oof[i]["patient_id"] for i in sel})})
+    mean, std = _mean_std([f["metrics"] for f in folds])
+    pooled = compute_metrics(task.type, y_oof, p_oof, task.classes, threshold, bins)
+    pooled["n_patients"] = len({it["patient_id"] for it in oof})
+    _write_predictions(run_dir / "oof_predictions.csv", oof, task, with_fold=True)
+
+    test_summary, test = None, None
+    tests = [r["test"] for r in results if r.get("test")]
+    if tests:
+        # fold ensemble: mean probability of the fold models on the held-out patients
+        idx, probs = fold_ensemble(tests)
+        test = _aggregate(rows, idx, list(probs))
+        test_summary = score_items(cfg, test, threshold, sum(t.get("n_models", 1) for t in tests))
+        _write_predictions(run_dir / "test_predictions.csv", test, task, with_fold=False)
+
+    summary = {
+        "task": task.name, "type": task.type, "classes": task.classes,
+        "positive_class": task.positive if task.type == "binary" else None,
+        "threshold": threshold, "unit": "image (frames averaged)" if len(oof) < len(oof_idx) else "image",
+        "folds": folds, "mean": mean, "std": std, "oof": pooled, "test": test_summary,
+        "operating_points": operating_points(cfg, threshold, oof, test) if task.type == "binary" else [],
+        "n_samples": len(rows), "n_patients": len({r.patient_id for r in rows}),
+        "n_skipped": len(prep.skipped), "patient_source": prep.manifest.patient_source,
+        "model": {"backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
+                  "stem": results[0].get("stem_strategy", cfg.model.stem) if results else cfg.model.stem,
+                  "normalization": results[0].get("normalization") if results else None},
+        "provenance": provenance(cfg, prep.manifest.path, started, results),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    for k, v in mean.items():
+        tracker.scalar(Tags.cv_mean(k), v, 0)
+    if test_summary:
+        for k in METRICS:
+            tracker.scalar(Tags.test(k), test_summary.get(k), 0)
+    tracker.hparams(*_hparams(cfg, summary))
+    if cfg.report.cam_panel and cfg.tracking.log_images and tests:  # no patient pixels when images are off
+        _cam_panel(run_dir)
+    from pipeline.results.report_md import write_report
+
+    write_report(run_dir, summary, oof, test, cfg, tracker)
+    return summary
+
+
+def _cam_panel(run_dir: Path) -> None:
+    """Grad-CAM panel for report.md; a failure here costs the picture, never the finished run."""
+    from pipeline.deploy.cam import report_cam_panel
+    from pipeline.logs import log
+
+    try:
+        report_cam_panel(run_dir)
+    except Exception as exc:  # the run's results are already written
+        log.warning(f"grad-cam panel not drawn: {type(exc).__name__}: {exc}")
+
+
+def format_table(summary: dict) -> str:
+    keys = TABLE_METRICS
+    fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
+    lines = ["fold  " + "  ".join(f"{k[:9]:>9}" for k in keys)]
+    for f in summary["folds"]:
+        lines.append(f"{f['fold']:>4}  " + "  ".join(f"{fmt(f['metrics'].get(k)):>9}" for k in keys))
+    lines.append("mean  " + "  ".join(f"{fmt(summary['mean'].get(k)):>9}" for k in keys))
+    lines.append(" std  " + "  ".join(f"{fmt(summary['std'].get(k)):>9}" for k in keys))
+    lines.append(" oof  " + "  ".join(f"{fmt(summary['oof'].get(k)):>9}" for k in keys))
+    t = summary.get("test")
+    if t:
+        lines.append("test  " + "  ".join(f"{fmt(t.get(k)):>9}" for k in keys))
+        prev = f", {t['n_positive']} positive (prevalence {t['prevalence']:.1%})" if t.get("prevalence") else ""
+        lines.append(f"test set: {t['n']} images of {t.get('n_patients')} patients{prev}; "
+                     f"threshold {summary['threshold']:.3f}")
+        ci = t.get("ci95", {}).get("auroc")
+        if ci:
+            lines.append(f"test AUROC 95% CI (patient bootstrap): {ci[0]:.3f} - {ci[1]:.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training: the epoch loop, stages, the fold trainer and the cross-validated run."""
