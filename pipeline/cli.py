@@ -14,15 +14,21 @@ from pathlib import Path
 
 from pipeline import distributed
 from pipeline.cliargs import add_config_arguments
-from pipeline.config import Config, load_config, resume_changes, save_config
+from pipeline.config import (
+    Config,
+    load_config,
+    publish_config,
+    resume_changes,
+    resume_may_change_text,
+    save_config,
+)
 from pipeline.data import privacy
-from pipeline.data.manifest import resolve_data_path
 from pipeline.demo import ensure_demo_data
 from pipeline.errors import ConfigError, exits_on_error
 from pipeline.logs import log as logger
 from pipeline.logs import setup_logging
-from pipeline.rundir import cleanup_on_failure
-from pipeline.runfolder import publish_config
+from pipeline.runfolder import RunFolder
+from pipeline.schema import resolve_data_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,9 +54,9 @@ def _run_dir(args, cfg: Config) -> Path:
         path = Path(args.output_dir)
     else:
         name = cfg.output.name or f"{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        path = resolve_data_path(cfg.output.dir, cfg) / name
+        path = resolve_data_path(cfg.output.dir) / name
     # `--fold K` processes share one RUN: the folder may exist when its config.yaml is this one (checked on write)
-    if path.exists() and any(path.iterdir()) and not (args.fold and (path / "config.yaml").is_file()):
+    if path.exists() and any(path.iterdir()) and not (args.fold and RunFolder(path).config.is_file()):
         raise ConfigError(f"--output-dir {path}: folder exists and is not empty (use --resume {path} to continue it)")
     return path
 
@@ -59,13 +65,10 @@ def _aggregate(args) -> int:
     from pipeline.results.report import format_table
     from pipeline.train.run import aggregate
 
-    run_dir = Path(args.aggregate)
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"--aggregate {run_dir}: no config.yaml there (not a run folder)")
-    summary = aggregate(run_dir, load_config(str(saved)))
-    logger.info(format_table(summary))
-    logger.info(f"\nresults in {run_dir} (report.md, summary.json)")
+    run_dir = RunFolder(args.aggregate)
+    summary = aggregate(run_dir, load_config(str(run_dir.require_config("--aggregate"))))
+    logger.info(format_table(summary.to_json()))
+    logger.info(f"\nresults in {run_dir} ({RunFolder.REPORT}, {RunFolder.SUMMARY})")
     return 0
 
 
@@ -79,15 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.aggregate:
         return _aggregate(args)
     if args.resume:
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"--resume {args.resume}: no config.yaml there (not a run folder)")
+        saved = RunFolder(args.resume).require_config("--resume")
         cfg = load_config(str(saved), args.overrides)
         changed = resume_changes(load_config(str(saved)), cfg)
         if changed:
             raise ConfigError(f"--resume {args.resume}: --set changes {', '.join(changed)}, which shaped the finished "
-                              "folds; start a new run instead (resume may change only train.progress, "
-                              "train.log_every, train.device, data.num_workers, report.*, tracking.*, output.*)")
+                              f"folds; start a new run instead (resume may change only {resume_may_change_text()})")
     else:
         cfg = load_config(args.config, args.overrides)
     if args.quiet:
@@ -103,19 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         privacy.bind_key(cfg, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if args.resume:
-            save_config(cfg, run_dir / "config.yaml")
+            save_config(cfg, RunFolder(run_dir).config)
         else:  # the first of several --fold processes writes it, the others must match it
-            publish_config(cfg, run_dir / "config.yaml")
+            publish_config(cfg, RunFolder(run_dir).config)
         log(f"run folder: {run_dir}")
     run_dir = distributed.broadcast(run_dir, dist)
     from pipeline.results.report import format_table
+    from pipeline.results.report_md import format_seeds
     from pipeline.train.run import run
-    from pipeline.train.seeds import format_seeds
 
     t0 = time.perf_counter()
     # a --fold process also continues its fold (last.pt) or reuses it (result.json): a requeued array job
     # picks up where it was killed
-    with cleanup_on_failure(run_dir, created and dist.is_main):
+    with RunFolder(run_dir).cleanup_on_failure(created and dist.is_main):
         summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume or args.fold), dry_run=args.dry_run,
                       dist=dist, device=device)
     distributed.shutdown(dist)
@@ -125,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
         log("dry run: nothing kept (pass --output-dir to keep config.yaml and splits.json)")
     if summary is not None:
+        table = summary.to_json()
         log("")
-        log(format_table(summary))
-        if format_seeds(summary):
-            log(format_seeds(summary))
+        log(format_table(table))
+        if format_seeds(table):
+            log(format_seeds(table))
         log(f"\ndone in {time.perf_counter() - t0:.0f}s; results in {run_dir} "
-            f"(report.md, summary.json; tensorboard --logdir {run_dir / 'tensorboard'})")
+            f"({RunFolder.REPORT}, {RunFolder.SUMMARY}; tensorboard --logdir {RunFolder(run_dir).tensorboard})")
     return 0
 
 

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import ConfigError
+from pipeline.runfolder import RunFolder
 from pipeline.schema import (  # noqa: F401  (re-exported: `from pipeline.config import Config, DataConfig, ...`)
     PROJECT_ROOT,
     AugmentConfig,
@@ -161,11 +162,6 @@ def _problems(err: ValidationError) -> list[_Problem]:
     return out
 
 
-def _format_error(err: ValidationError) -> str:
-    """All errors of a validation, '; '-separated on one line (kept for callers that format a ValidationError)."""
-    return _join([f"{p.key}: {p.msg}" if p.key else p.msg for p in _problems(err)])
-
-
 def _join(parts: list[str]) -> str:
     more = f" (and {len(parts) - MAX_ERRORS} more)" if len(parts) > MAX_ERRORS else ""
     return "; ".join(parts[:MAX_ERRORS]) + more
@@ -285,8 +281,40 @@ def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     return cfg
 
 
+def config_text(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    RunFolder.write_text(path, config_text(cfg))
+
+
+# settings that change only the console, not the results: fold processes may differ in them
+_CONSOLE_ONLY = {("source",), ("train", "progress")}
+
+
+def _without_console(d: dict, prefix=()) -> dict:
+    return {k: (_without_console(v, prefix + (k,)) if isinstance(v, dict) else v) for k, v in d.items()
+            if prefix + (k,) not in _CONSOLE_ONLY}
+
+
+def _first_difference(a, b, prefix="") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+    return f"{prefix.rstrip('.')} ({b!r} there, {a!r} here)"
+
+
+def publish_config(cfg: Config, path: Path) -> None:
+    """config.yaml of a run that several fold processes share: the first writes it, the rest must match it."""
+    existing = RunFolder.publish_once(path, config_text(cfg))
+    if existing is None:
+        return
+    mine, theirs = _without_console(cfg.model_dump(mode="json")), _without_console(yaml.safe_load(existing) or {})
+    if mine != theirs:
+        raise ConfigError(f"--output-dir {path.parent}: its config.yaml differs from this run's at "
+                          f"{_first_difference(mine, theirs)}; every --fold process of a run needs the same config")
 
 
 # what `--resume RUN --set ...` may change: how the run is shown, reported and where it runs, never what
@@ -309,3 +337,8 @@ def resume_changes(saved: Config, new: Config) -> list[str]:
     a, b = _flat(saved.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return [k for k in changed if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_MAY_CHANGE)]
+
+
+def resume_may_change_text() -> str:
+    """RESUME_MAY_CHANGE as a reader-facing list (error messages)."""
+    return ", ".join(f + "*" if f.endswith(".") else f for f in RESUME_MAY_CHANGE)

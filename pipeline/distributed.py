@@ -65,11 +65,6 @@ def init(device_name: str) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local), device
 
 
-def barrier(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
-        dist.barrier()
-
-
 def shutdown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.barrier()

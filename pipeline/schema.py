@@ -21,6 +21,15 @@ _ROOT = Path(__file__).resolve().parent.parent
 PROJECT_ROOT: Path | None = _ROOT if (_ROOT / "pyproject.toml").is_file() else None
 
 
+def resolve_data_path(text: str) -> Path:
+    """Relative paths are tried against the working directory, then the checkout root (when there is one)."""
+    p = Path(text).expanduser()
+    if p.is_absolute() or p.exists() or PROJECT_ROOT is None:
+        return p.resolve()
+    alt = PROJECT_ROOT / p
+    return alt.resolve() if alt.exists() else p.resolve()
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -102,6 +111,15 @@ class DataConfig(Strict):
 
     def pixel_settings(self) -> dict:
         return self.model_dump(mode="json", include=set(self.PIXEL_SETTINGS))
+
+    def reader_options(self):
+        """How the readers open one file for these settings (the one rule; `frames: all | nonzero` expand into
+        samples in the manifest, and each sample then reads one frame, so the reader's default is the middle)."""
+        from pipeline.io import ReaderOptions
+
+        frame = self.frames if self.frames in ("middle", "first") or isinstance(self.frames, int) else "middle"
+        return ReaderOptions(voi=self.voi, voi_index=self.voi_index, frame=frame,
+                             crop_us_region=self.crop_us_region, slice_axis=self.slice_axis)
 
     @field_validator("num_workers")
     @classmethod

@@ -152,7 +152,7 @@ def test_a_skipped_file_keeps_the_reader_reason_and_its_row(small_set, tmp_path)
 
 def test_predict_reads_through_the_runs_disk_cache(small_set, tmp_path):
     cfg = _cfg(small_set, tmp_path / "cache")
-    read = image_reader(cfg)  # what predict uses to read new files with a run's settings
+    read = image_reader(cfg.data)  # what predict uses to read new files with a run's settings
     s = load_manifest(cfg).samples[0]
     x = read(s.image, s.frame)  # decoded, then stored
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1

@@ -14,17 +14,9 @@ from pipeline.tools.predict import predict_files
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def smoke_run(small_chest, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "smoke"
-    rc = main(["--config", "smoke", "--set", f"data.manifest={small_chest}", "--output-dir", str(run), "--quiet"])
-    assert rc == 0
-    return run
-
-
 def test_smoke_run_writes_the_run_folder_contract(smoke_run, small_chest):
     for name in ("config.yaml", "splits.json", "summary.json", "oof_predictions.csv", "test_predictions.csv",
-                 "report.md", "metrics.jsonl", "fold_0/best.pt", "fold_1/best.pt"):
+                 "report.md", "metrics.jsonl", "fold_0/best.pt", "fold_1/best.pt", "deployment.json", "samples.json"):
         assert (smoke_run / name).is_file(), name
     summary = json.loads((smoke_run / "summary.json").read_text())
     assert summary["classes"] == ["normal", "pneumonia"]
@@ -99,7 +91,8 @@ def test_best_checkpoint_rebuilds_the_model(smoke_run):
     assert ckpt["model"]["stem"] == "sum" and ckpt["pixels"]["image_size"] == 64
 
 
-def test_resume_keeps_finished_folds(smoke_run, capsys):
+def test_resume_keeps_finished_folds(copy_run, capsys):
+    smoke_run = copy_run
     before = (smoke_run / "fold_0" / "best.pt").stat().st_mtime_ns
     assert main(["--resume", str(smoke_run)]) == 0
     assert (smoke_run / "fold_0" / "best.pt").stat().st_mtime_ns == before
@@ -234,7 +227,6 @@ def test_exported_torchscript_matches_predict(smoke_run, small_chest, tmp_path):
     import torch
 
     from pipeline.config import load_config
-    from pipeline.data.manifest import reader_options
     from pipeline.data.transforms import load_transforms
 
     out = tmp_path / "model.ts"
@@ -244,7 +236,7 @@ def test_exported_torchscript_matches_predict(smoke_run, small_chest, tmp_path):
     scripted = torch.jit.load(str(out))
     image = str(small_chest.parent / next(csv.DictReader(small_chest.open()))["image"])
     cfg = load_config(str(smoke_run / "config.yaml"))
-    x = load_transforms(cfg, reader_options(cfg))({"image": image, "frame": None})["image"]
+    x = load_transforms(cfg.data)({"image": image, "frame": None})["image"]
     with torch.no_grad():
         probs = scripted(torch.as_tensor(x)[None])[0]
     rows, _, _ = predict_files(smoke_run, [(image, None)])

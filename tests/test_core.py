@@ -1,5 +1,8 @@
+
 """The training core's contracts: loader workers, early stopping, best-state copies, frame averaging, the 16-bit
 cache, the fold ensemble and the patient bootstrap."""
+
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +15,8 @@ from pipeline.data.datasets import Decoded, dequantize, quantize, sample_dataset
 from pipeline.data.manifest import Sample
 from pipeline.data.transforms import sample_transforms
 from pipeline.results.metrics import bootstrap_ci
-from pipeline.results.report import _aggregate, fold_ensemble
+from pipeline.results.records import FoldResult, Scores
+from pipeline.results.report import _aggregate
 from pipeline.train.run import _loader
 
 
@@ -53,7 +57,7 @@ class _Scripted:
         self.scores = list(scores)
         self.seen = []
 
-    def __call__(self, model, loader, cfg, ctx):
+    def __call__(self, model, loader, cfg, trainer):
         self.seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return {"auroc": self.scores.pop(0), "loss": 0.5, **getattr(self, "extra", {})}
 
@@ -63,23 +67,23 @@ def _fold_state_after(monkeypatch, scores, patience, constant=False):
 
     from pipeline.distributed import SINGLE
     from pipeline.results.tracking import Tracker
-    from pipeline.train import stages
+    from pipeline.train import trainer as trainer_module
     from pipeline.train.engine import make_loss
 
     scripted = _Scripted(scores)
     if constant:
         scripted.extra = {"constant_prediction": True}
-    monkeypatch.setattr(stages, "validate", scripted)
+    monkeypatch.setattr(trainer_module, "validate", scripted)
     cfg = load_config("smoke", [f"train.stages=[{{name: full, train: all, epochs: {len(scores)}, lr: 0.01, "
                                 f"patience: {patience or 'null'}}}]"])
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", num_classes=1, in_chans=1)
     data = [{"image": torch.randn(4, 1, 32, 32), "target": torch.tensor([0.0, 1.0, 0.0, 1.0]),
              "index": torch.arange(4)} for _ in range(2)]
-    ctx = stages.TrainContext(device=torch.device("cpu"), dist=SINGLE, tracker=Tracker(None, enabled=False),
-                              loss_fn=make_loss("binary"))
-    state = stages.FoldState(fold=0)
-    stages.run_stage(model, cfg.train.stages[0], cfg, data, data, state, ctx)
+    trainer = trainer_module.FoldTrainer(cfg, 0, model, make_loss("binary"), torch.device("cpu"), train_loader=data,
+                                         val_loader=data, tracker=Tracker(None, enabled=False), dist=SINGLE)
+    state = trainer.fit()
+    assert trainer.position.stage == 1 and trainer.optimizer is None  # training over: nothing half-way
     return state, scripted, model
 
 
@@ -104,19 +108,19 @@ def test_a_model_that_scores_every_image_alike_is_named_in_a_warning(monkeypatch
 
     from pipeline.distributed import SINGLE
     from pipeline.results.tracking import Tracker
-    from pipeline.train import stages
+    from pipeline.train import trainer as trainer_module
     from pipeline.train.engine import make_loss
 
     cfg = load_config("smoke")
-    ctx = stages.TrainContext(device=torch.device("cpu"), dist=SINGLE, tracker=Tracker(None, enabled=False),
-                              loss_fn=make_loss("binary"))
+    ctx = trainer_module.FoldTrainer(cfg, 0, None, make_loss("binary"), torch.device("cpu"), train_loader=None,
+                                     val_loader=None, tracker=Tracker(None, enabled=False), dist=SINGLE)
     torch.manual_seed(0)
     data = [{"image": torch.randn(4, 1, 32, 32), "target": torch.tensor([0.0, 1.0, 0.0, 1.0]),
              "index": torch.arange(4)}]
     model = timm.create_model("resnet10t", num_classes=1, in_chans=1).eval()
-    assert not stages.validate(model, data, cfg, ctx)["constant_prediction"]
+    assert not trainer_module.validate(model, data, cfg, ctx)["constant_prediction"]
     torch.nn.init.zeros_(model.fc.weight)  # the bias alone: one probability for every image
-    assert stages.validate(model, data, cfg, ctx)["constant_prediction"]
+    assert trainer_module.validate(model, data, cfg, ctx)["constant_prediction"]
     _fold_state_after(monkeypatch, [0.5, 0.5], patience=None, constant=True)
     assert any("fold 0, stage 'full', epoch 1: the model predicts the same probability for every validation image"
                in w for w in graystem_warnings), graystem_warnings
@@ -132,13 +136,16 @@ def test_frames_are_averaged_per_file_before_scoring():
 
 
 def test_fold_ensemble_matches_rows_by_index_not_position():
-    a = {"indices": [5, 7, 9], "probs": [0.1, 0.5, 0.9]}
-    b = {"indices": [9, 5, 7], "probs": [0.7, 0.3, 0.1]}  # the same rows in another order
-    idx, mean = fold_ensemble([a, b])
-    assert idx == [5, 7, 9]
-    np.testing.assert_allclose(mean, [0.2, 0.3, 0.8])
+    a = Scores.of([5, 7, 9], [0.1, 0.5, 0.9])
+    b = Scores.of([9, 5, 7], [0.7, 0.3, 0.1])  # the same rows in another order
+    ens = Scores.mean_by_index([a, b], complete=True)
+    assert ens.indices == (5, 7, 9) and ens.n_models == 2
+    np.testing.assert_allclose(ens.probs, [0.2, 0.3, 0.8])
     with pytest.raises(ValueError):
-        fold_ensemble([a, {"indices": [5, 7, 8], "probs": [0.1, 0.2, 0.3]}])
+        Scores.mean_by_index([a, Scores.of([5, 7, 8], [0.1, 0.2, 0.3])], complete=True)
+    # a fold result survives its JSON file unchanged (fold_K/result.json)
+    res = FoldResult(fold=1, best_epoch=3, stage="full", val=a, test=ens, history=[{"epoch": 1}])
+    assert FoldResult.from_json(json.loads(json.dumps(res.to_json()))) == res
 
 
 def test_16_bit_cache_round_trips_within_one_step():

@@ -8,20 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cli import main
-from pipeline.model.checkpoint import load_run
+from pipeline.deploy.finished import load_run
 from pipeline.tools.export import example_input, export, export_module, rgb_stem
 from pipeline.tools.export import main as export_main
 from pipeline.tools.predict import predict_files
 from pipeline.vocab import LUMA_REC601
-
-
-@pytest.fixture(scope="module")
-def smoke_run(small_chest, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "smoke"
-    assert main(["--config", "smoke", "--set", f"data.manifest={small_chest}", "--set", "report.cam_panel=false",
-                 "--output-dir", str(run), "--quiet"]) == 0
-    return run
 
 
 def _reference(run_dir, fold, x):
@@ -137,3 +128,35 @@ def test_metadata_and_model_card(smoke_run, tmp_path):
                     "## How to reproduce"):
         assert heading in card
     assert "auroc" in card and "ECE" in card and "normal" in card
+
+
+def test_every_consumer_reads_the_deployment_record_and_agrees_with_the_runs_test_predictions(
+        smoke_run, small_chest, tmp_path):
+    """predict, Grad-CAM's pixels, the ensemble module and the ONNX graph all start from deployment.json and
+    reproduce the run's own test predictions (16-bit rounding included)."""
+    from pipeline.deploy.cam import load_pixels
+
+    with (smoke_run / "test_predictions.csv").open() as fh:
+        expected = list(csv.DictReader(fh))
+    images = [(str(small_chest.parent / r["image"]), None) for r in expected]
+    want = np.array([float(r["prob_pneumonia"]) for r in expected])
+    run = load_run(smoke_run)
+    deployment = json.loads((smoke_run / "deployment.json").read_text())
+    assert run.threshold == deployment["threshold"] == json.loads((smoke_run / "summary.json").read_text())["threshold"]
+    assert deployment["data"]["image_size"] == 64 and deployment["model"]["stem"] == "sum"
+
+    rows, skipped, _ = predict_files(smoke_run, images)
+    assert not skipped
+    assert np.abs(np.array([r["prob_pneumonia"] for r in rows]) - want).max() < 1e-5
+
+    pixels = torch.from_numpy(np.stack(load_pixels(run, images)))[:, None]  # what Grad-CAM explains
+    with torch.no_grad():
+        got = export_module(run)(pixels)[:, 1].numpy()
+    assert np.abs(got - want).max() < 1e-5
+
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e '.[export]')")
+    pytest.importorskip("onnxscript", reason="onnxscript not installed (pip install -e '.[export]')")
+    export(smoke_run, tmp_path, None, "onnx", check=False, say=lambda *a, **k: None)
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx = sess.run(None, {"image": pixels.numpy()})[0][:, 1]
+    assert np.abs(onnx - want).max() < 1e-5

@@ -335,15 +335,9 @@ def test_bad_row_in_a_5000_row_manifest_is_found_in_seconds(demo, tmp_path, caps
 
 
 # ---- predict: the same reasons, good files still scored ---------------------------------------------------
-@pytest.fixture(scope="module")
-def trained(demo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    manifest = _write(out / "labels.csv", demo["rows"])
-    run = out / "run"
-    rc = main(["--config", "smoke", "--set", f"data.manifest={manifest}", "--set", "report.bootstrap=0",
-               "--output-dir", str(run), "--quiet"])
-    assert rc == 0
-    return run
+@pytest.fixture
+def trained(smoke_run):
+    return smoke_run
 
 
 def test_predict_skips_bad_files_with_the_readers_reason(trained, demo, tmp_path, capsys):

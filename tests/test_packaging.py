@@ -2,8 +2,8 @@
 every console entry point answers --help and `graystem train --dry-run` validates a built-in config on demo data
 that the installed package generates under the working directory.
 
-Offline: the wheel is built with the system's setuptools (--no-build-isolation) and installed with --no-deps into
-a venv that sees the system site-packages (torch, timm, ...).
+Offline: the wheel is built with the running interpreter's setuptools (--no-build-isolation) and installed with
+--no-deps into a fresh venv that sees the running interpreter's site-packages (torch, timm, ...) through a .pth.
 """
 
 import json
@@ -47,9 +47,17 @@ def venv(tmp_path_factory):
     (wheel,) = wheels.glob("graystem-*.whl")
 
     venv = work / "venv"
-    proc = _run([sys.executable, "-m", "venv", "--system-site-packages", venv], work, env)
+    proc = _run([sys.executable, "-m", "venv", venv], work, env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     bin_dir = venv / "bin"
+    # the dependencies (torch, timm, ...) from the interpreter running the tests, which may itself be a venv:
+    # `venv --system-site-packages` would inherit the BASE interpreter's packages, not this one's. A .pth line
+    # appends each directory after the new venv's own site-packages and runs none of their .pth files, so the
+    # checkout's editable install stays out and the wheel is what imports.
+    import site
+
+    proc = _run([bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], work, env)
+    (Path(proc.stdout.strip()) / "_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     # --ignore-installed: a graystem in the system site-packages (an editable checkout) is neither reused nor
     # touched
     proc = _run([bin_dir / "python", "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", wheel], work, env)

@@ -10,7 +10,6 @@ import pytest
 from sklearn.metrics import confusion_matrix
 
 from pipeline.cli import main
-from pipeline.demo import make_demo
 from pipeline.results.metrics import (
     binary_metrics,
     compute_metrics,
@@ -77,12 +76,10 @@ def test_target_thresholds_reach_the_target_with_the_best_other_rate():
 
 
 @pytest.fixture(scope="module")
-def quiet_run(tmp_path_factory):
+def quiet_run(small_chest, tmp_path_factory):
     """A smoke run with the Youden threshold and tracking.log_images off."""
-    root = tmp_path_factory.mktemp("demo")
-    make_demo(root, which=("chest_xray",), n_scale=0.25)
     run = tmp_path_factory.mktemp("runs") / "r"
-    assert main(["--config", "smoke", "--set", f"data.manifest={root / 'chest_xray' / 'labels.csv'}",
+    assert main(["--config", "smoke", "--set", f"data.manifest={small_chest}",
                  "--set", "report.threshold=youden", "--set", "tracking.log_images=false",
                  "--output-dir", str(run), "--quiet"]) == 0
     return run

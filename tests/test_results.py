@@ -15,7 +15,7 @@ from pipeline.config import load_config
 from pipeline.data.cv import make_splits
 from pipeline.data.manifest import load_manifest
 from pipeline.demo import make_demo
-from pipeline.model.checkpoint import load_run
+from pipeline.deploy.finished import load_run
 from pipeline.results.stats import delong_test
 from pipeline.tools.compare import compare
 from pipeline.tools.compare import main as compare_main

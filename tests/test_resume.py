@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.demo import make_demo
 from pipeline.results.tracking import Tags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,10 +21,8 @@ STAGES = ["--set", "train.stages.0.epochs=3", "--set", "train.stages.1.epochs=2"
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo(root, which=("chest_xray",), n_scale=0.25)
-    return root / "chest_xray" / "labels.csv"
+def manifest(small_chest) -> Path:
+    return small_chest
 
 
 def _env():
@@ -94,10 +91,44 @@ def test_resume_after_sigkill_mid_fold_matches_an_uninterrupted_run(manifest, un
     assert steps == sorted(set(steps))
 
 
-def test_folds_as_separate_processes_then_aggregate_match_one_run(manifest, uninterrupted, tmp_path):
+BUSI = ROOT.parent / "shared" / "data" / "busi"
+
+
+@pytest.fixture(scope="module")
+def copies_manifest(tmp_path_factory) -> Path:
+    """Real ultrasound images without patient ids (BUSI) plus 5 exact copies under new names: the copies join
+    their originals' groups, so every process of a run must read the same groups back."""
+    if not (BUSI / "manifest.csv").is_file():
+        pytest.skip("the shared BUSI images are not beside this checkout")
+    import shutil
+
+    root = tmp_path_factory.mktemp("busi")
+    rows = []
+    for label in ("benign", "malignant"):
+        for k in range(1, 21):
+            src = BUSI / "images" / label / f"{label}_{k}.png"
+            shutil.copy(src, root / src.name)
+            rows.append((src.name, label))
+    for name, label in rows[:3] + rows[20:22]:
+        shutil.copy(root / name, root / f"copy_of_{name}")
+        rows.append((f"copy_of_{name}", label))
+    path = root / "labels.csv"
+    path.write_text("image,label\n" + "".join(f"{n},{lab}\n" for n, lab in rows))
+    return path
+
+
+def _busi_config(manifest) -> list[str]:
+    return ["--config", "smoke", "--set", f"data.manifest={manifest}", "--set", "task.classes=[benign, malignant]",
+            "--set", "train.stages.0.epochs=1", "--set", "train.stages.1.epochs=1", "--set", "report.cam_panel=false"]
+
+
+def test_folds_as_separate_processes_then_aggregate_match_one_run(copies_manifest, tmp_path):
+    whole = tmp_path / "whole"
+    assert main([*_busi_config(copies_manifest), "--output-dir", str(whole), "--quiet"]) == 0
     run = tmp_path / "spread"
-    procs = [subprocess.Popen(_train(*_config(manifest), "--output-dir", str(run), "--fold", str(k)), env=_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    procs = [subprocess.Popen(_train(*_busi_config(copies_manifest), "--output-dir", str(run), "--fold", str(k)),
+                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for k in (0, 1)]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-2000:]
@@ -105,10 +136,21 @@ def test_folds_as_separate_processes_then_aggregate_match_one_run(manifest, unin
 
     agg = subprocess.run(_train("--aggregate", str(run)), env=_env(), capture_output=True, text=True, timeout=300)
     assert agg.returncode == 0, agg.stderr[-2000:]
-    assert _results(run) == _results(uninterrupted)
-    assert sorted(_epoch_records(run)) == sorted(_epoch_records(uninterrupted))
-    for name in ("report.md", "oof_predictions.csv", "test_predictions.csv"):
+    assert _results(run) == _results(whole)
+    assert sorted(_epoch_records(run)) == sorted(_epoch_records(whole))
+    for name in ("report.md", "oof_predictions.csv", "test_predictions.csv", "deployment.json"):
         assert (run / name).is_file()
+    # the copies share their originals' groups in what the run saved, and the audit draws the very same folds
+    groups = {}
+    for rec in json.loads((run / "samples.json").read_text()):
+        groups.setdefault(rec["group"], []).append(rec["row"])
+    assert sum(len(rows) == 2 for rows in groups.values()) == 5
+    from pipeline.tools.audit import main as audit_main
+
+    out = tmp_path / "audit"
+    audit_main([*_busi_config(copies_manifest)[:6], "--out", str(out)])
+    (report,) = out.glob("*.json")
+    assert json.loads(report.read_text())["splits"] == json.loads((run / "splits.json").read_text())
 
 
 def test_aggregate_names_missing_folds_and_a_differing_config_is_refused(manifest, tmp_path, capsys):

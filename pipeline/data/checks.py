@@ -230,36 +230,44 @@ def pixel_digest(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def group_copies(cfg: Config, samples, digests: list[str]) -> tuple[tuple[Sample, ...], int, int]:
+    """(samples, number grouped, number under another label): an image WITHOUT a known patient id that repeats
+    another image's pixels (same digest) joins that image's patient: public sets without ids (BUSI) hold exact
+    duplicates, and two copies in different folds would be a leak. Two known, different ids are an error.
+    Training and the audit both group with this rule, so the audit's folds are training's."""
+    owner: dict[str, Sample] = {}
+    out, grouped, relabelled = list(samples), 0, 0
+    for i, (s, digest) in enumerate(zip(samples, digests, strict=True)):
+        first = owner.setdefault(digest, s)
+        relabelled += first is not s and first.label != s.label
+        if first.patient_id == s.patient_id:
+            continue
+        if not s.patient_known:
+            out[i] = dataclasses.replace(s, patient_id=first.patient_id, patient_known=first.patient_known)
+            grouped += 1
+            continue
+        if not first.patient_known:
+            raise DataError(f"{where(cfg, first.row, first.image)}: same pixels as row {s.row} (patient "
+                            f"{s.patient_id}) but no patient id: give both rows the same patient id")
+        raise DataError(f"{where(cfg, s.row, s.image)}: same pixels as row {first.row} but patient "
+                        f"{s.patient_id} vs {first.patient_id}: one image under two patients is a leak "
+                        "between folds; remove the copy or give both one patient id")
+    return tuple(out), grouped, relabelled
+
+
 def after_decode(cfg: Config, decoded, n_skipped: int):
-    """The same pixels under two patient ids (with a memory or disk cache: the decoded images are at hand), and classes that
-    skipped files emptied. Returns the decoded samples, where an image WITHOUT a known patient id that
-    repeats another image's pixels joins that image's patient: public sets without ids (BUSI) hold exact
-    duplicates, and two copies in different folds would be a leak. Two known, different ids stay an error."""
+    """The same pixels under two patient ids (with a memory or disk cache: the decoded images are at hand;
+    `group_copies`), and classes that skipped files emptied. Returns the decoded samples, copies grouped."""
     if not decoded.samples:
         raise DataError(f"{Path(cfg.data.manifest).name}: no readable samples ({n_skipped} skipped; "
                         "see skipped.csv)")
     if decoded.images is not None:
-        owner: dict[str, Sample] = {}
-        samples, grouped, relabelled = list(decoded.samples), 0, 0
-        for i, s in enumerate(decoded.samples):
-            first = owner.setdefault(pixel_digest(decoded.images.get(i)), s)
-            relabelled += first is not s and first.label != s.label
-            if first.patient_id == s.patient_id:
-                continue
-            if not s.patient_known:
-                samples[i] = dataclasses.replace(s, patient_id=first.patient_id, patient_known=first.patient_known)
-                grouped += 1
-                continue
-            if not first.patient_known:
-                raise DataError(f"{where(cfg, first.row, first.image)}: same pixels as row {s.row} (patient "
-                                f"{s.patient_id}) but no patient id: give both rows the same patient id")
-            raise DataError(f"{where(cfg, s.row, s.image)}: same pixels as row {first.row} but patient "
-                            f"{s.patient_id} vs {first.patient_id}: one image under two patients is a leak "
-                            "between folds; remove the copy or give both one patient id")
+        samples, grouped, relabelled = group_copies(
+            cfg, decoded.samples, [pixel_digest(decoded.images.get(i)) for i in range(len(decoded.samples))])
         if grouped:
             log.warning(f"warning: {grouped} images without a patient id repeat another image's pixels exactly; "
                         "each joins its copy's group so the copies stay in one fold")
-            decoded = dataclasses.replace(decoded, samples=tuple(samples))
+            decoded = dataclasses.replace(decoded, samples=samples)
         if relabelled:  # label noise, not a leak: worth a look before trusting the metrics (graystem audit lists them)
             log.warning(f"warning: {relabelled} images repeat another image's pixels exactly under a different label; "
                         "run `graystem audit` to list them")

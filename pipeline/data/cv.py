@@ -13,10 +13,8 @@ membership; samples carry only the split the manifest asked for.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
@@ -151,11 +149,3 @@ def make_splits(samples: Sequence[Sample], cfg: Config) -> Splits:
     folds = tuple(Fold(fold, tuple(sorted(set(groups[tr]))), tuple(sorted(set(groups[va]))))
                   for fold, (tr, va) in enumerate(sgkf.split(np.zeros(len(dev)), y, groups)))
     return Splits(folds=folds, test_patients=tuple(sorted(test_patients)), seed=cfg.cv.seed)
-
-
-def save_splits(splits: Splits, path: Path) -> None:
-    path.write_text(json.dumps(splits.to_json(), indent=1))
-
-
-def load_splits(path: Path) -> Splits:
-    return Splits.from_json(json.loads(path.read_text()))

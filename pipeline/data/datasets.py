@@ -29,11 +29,11 @@ from monai.transforms import Compose, MapTransform, SelectItemsd
 
 from pipeline.data.cache import DiskCache, DiskStore, ImageStore, MemoryStore, write_atomic
 from pipeline.data.checks import where
-from pipeline.data.manifest import Sample, Skipped, reader_options
+from pipeline.data.manifest import Sample, Skipped
 from pipeline.data.privacy import shown_image
 from pipeline.data.transforms import load_transforms
 from pipeline.errors import DataError, error_reason
-from pipeline.schema import Config
+from pipeline.schema import Config, DataConfig
 from pipeline.threads import resolved_threads
 
 # cached images are stored as 16-bit fixed point: half of float32's memory, and a finer step (1.5e-5) than
@@ -54,7 +54,7 @@ class FileStore:
 
     def __init__(self, cfg: Config, samples: Sequence[Sample]):
         self.keys = tuple(s.key for s in samples)
-        self.chain = load_transforms(cfg, reader_options(cfg))
+        self.chain = load_transforms(cfg.data)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -92,7 +92,7 @@ def _init_worker(cfg: Config, pool: bool = True) -> None:
 
         torch.set_num_threads(1)  # one process per core; more threads each would oversubscribe
         set_track_meta(False)
-    _CHAIN = load_transforms(cfg, reader_options(cfg))
+    _CHAIN = load_transforms(cfg.data)
 
 
 def _decode_chunk(tasks: list, keep: bool) -> list:
@@ -208,21 +208,22 @@ def decode_samples(cfg: Config, samples: Sequence[Sample], progress: bool = Fals
     return Decoded(kept_samples, store, skipped, from_cache=hits if cache is not None else None)
 
 
-def image_reader(cfg: Config):
+def image_reader(data: DataConfig):
     """(path, frame) -> 1xSxS float tensor in [0, 1] with the run's reader settings, for scoring new files; with
-    data.cache=disk through the same cache as training (read if there, else decoded and stored)."""
-    chain = load_transforms(cfg, reader_options(cfg))
+    data.cache=disk through the same cache as training (read if there, else decoded and stored). predict,
+    evaluate and Grad-CAM all read through it, so they see the pixels the run scored."""
+    chain = load_transforms(data)
 
     def decode(path: str, frame: int | None) -> torch.Tensor:
         return chain({"image": path, "frame": frame})["image"]
 
-    if cfg.data.cache == "memory":
+    if data.cache == "memory":
         # the run saw its images as 16-bit fixed point: the same rounding makes scores reproduce the run's own
         # test predictions (it moves probabilities by ~1e-5)
         return lambda path, frame: dequantize(quantize(decode(path, frame)))
-    if cfg.data.cache != "disk":
+    if data.cache != "disk":
         return decode
-    cache = DiskCache.for_config(cfg.data)
+    cache = DiskCache.for_config(data)
 
     def read(path: str, frame: int | None) -> torch.Tensor:
         try:
@@ -252,13 +253,22 @@ class FromStore(MapTransform):
         return d
 
 
+def _store(cfg: Config, decoded: Decoded) -> ImageStore:
+    return decoded.images if decoded.images is not None else FileStore(cfg, decoded.samples)
+
+
+def decoded_pixels(cfg: Config, decoded: Decoded, index: int) -> np.ndarray:
+    """(S, S) [0, 1] pixels of one decoded sample, exactly as training and scoring saw them."""
+    return np.asarray(dequantize(_store(cfg, decoded).get(index)))[0]
+
+
 def sample_dataset(cfg: Config, decoded: Decoded, indices: Sequence[int], transform: Compose) -> Dataset:
     """A MONAI Dataset of the samples `indices`: {'image': CxSxS float, 'target': float tensor, 'index': int}.
 
     Each item's image comes from the decoded store when the loader asks for it (memory, a disk-cache read, or
     the file decoded again); `transform` (augmentation + normalisation) runs per sample.
     """
-    store = decoded.images if decoded.images is not None else FileStore(cfg, decoded.samples)
+    store = _store(cfg, decoded)
     data = [{"image": i, "target": torch.as_tensor(decoded.samples[i].target, dtype=torch.float32), "index": i}
             for i in indices]
     return Dataset(data, Compose([FromStore(store), transform, SelectItemsd(("image", "target", "index"))]))

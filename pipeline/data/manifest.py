@@ -19,8 +19,8 @@ from pathlib import Path
 from pipeline.data import privacy
 from pipeline.data.folders import folder_records
 from pipeline.errors import DataError, ImageReadError
-from pipeline.io import ReaderOptions, expanded_frames
-from pipeline.schema import PROJECT_ROOT, Config
+from pipeline.io import expanded_frames
+from pipeline.schema import Config, DataConfig, resolve_data_path
 from pipeline.vocab import DICOM_SUFFIXES
 
 
@@ -60,22 +60,6 @@ class Manifest:
     path: Path | None = None
     # column | regex | dicom; 'image' or 'mixed' when some images had no id and count as their own patient
     patient_source: str = "column"
-
-
-def resolve_data_path(text: str, cfg: Config) -> Path:
-    """Relative paths are tried against the working directory, then the checkout root (when there is one)."""
-    p = Path(text).expanduser()
-    if p.is_absolute() or p.exists() or PROJECT_ROOT is None:
-        return p.resolve()
-    alt = PROJECT_ROOT / p
-    return alt.resolve() if alt.exists() else p.resolve()
-
-
-def reader_options(cfg: Config) -> ReaderOptions:
-    d = cfg.data
-    frame = d.frames if d.frames in ("middle", "first") or isinstance(d.frames, int) else "middle"
-    return ReaderOptions(voi=d.voi, voi_index=d.voi_index, frame=frame,
-                         crop_us_region=d.crop_us_region, slice_axis=d.slice_axis)
 
 
 def _dicom_patient_id(path: Path) -> str | None:
@@ -124,18 +108,18 @@ def _parse_target(record: dict, cfg: Config, where: str):
     return task.classes.index(label), label
 
 
-def expand_frames(path: Path, explicit: str, cfg: Config, opts: ReaderOptions) -> list[int | None]:
+def expand_frames(path: Path, explicit: str, data: DataConfig) -> list[int | None]:
     """The frames of one file that become samples under data.frames (an explicit manifest frame wins)."""
     if explicit:
         try:
             return [int(explicit)]
         except ValueError:
             raise DataError(f"frame '{explicit}' is not an integer") from None
-    policy = cfg.data.frames
+    policy = data.frames
     if isinstance(policy, int):
         return [policy]
     if policy in ("all", "nonzero"):
-        return expanded_frames(path, policy, opts)
+        return expanded_frames(path, policy, data.reader_options())
     return [None]  # middle / first: the reader picks
 
 
@@ -166,7 +150,7 @@ def _read_records(path: Path, cfg: Config) -> tuple[Path, list[str], list[dict]]
         return path, ["image", cfg.data.label_column, "split"], records
     if not path.is_file():
         raise DataError(f"data.manifest: file not found: {path}")
-    root = resolve_data_path(cfg.data.root, cfg) if cfg.data.root else path.parent
+    root = resolve_data_path(cfg.data.root) if cfg.data.root else path.parent
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM (Excel's "CSV UTF-8") is not part of 'image'
     except UnicodeDecodeError as exc:
@@ -184,7 +168,7 @@ def _read_records(path: Path, cfg: Config) -> tuple[Path, list[str], list[dict]]
 
 
 def load_manifest(cfg: Config) -> Manifest:
-    path = resolve_data_path(cfg.data.manifest, cfg)
+    path = resolve_data_path(cfg.data.manifest)
     root, columns, records = _read_records(path, cfg)
     regex = re.compile(cfg.data.patient_regex) if cfg.data.patient_regex else None
     if "image" not in columns:
@@ -194,7 +178,6 @@ def load_manifest(cfg: Config) -> Manifest:
     if not records:
         raise DataError(f"{path}: the manifest has no rows")
 
-    opts = reader_options(cfg)
     has_pid = cfg.data.patient_column in columns
     has_split = "split" in columns
     has_fold = "fold" in columns
@@ -228,7 +211,7 @@ def load_manifest(cfg: Config) -> Manifest:
             if not pid and image.suffix.lower() in DICOM_SUFFIXES:
                 pid = _dicom_patient_id(image) or ""
             try:
-                frames = expand_frames(image, (rec.get("frame") or rec.get("slice") or "").strip(), cfg, opts)
+                frames = expand_frames(image, (rec.get("frame") or rec.get("slice") or "").strip(), cfg.data)
             except ImageReadError as exc:
                 raise DataError(f"{where}: {exc.reason} ({image})") from None
         except DataError as exc:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.schema import Config
+from pipeline.schema import Config, resolve_data_path
 
 KEY_NAME = ".graystem_key"
 PSEUDONYM_HEX = 16
@@ -40,9 +40,7 @@ def bind_key(cfg: Config, run_dir: Path) -> None:
 
 
 def _key(cfg: Config) -> str:
-    from pipeline.data.manifest import resolve_data_path
-
-    path = Path(cfg.privacy.key_file) if cfg.privacy.key_file else resolve_data_path(cfg.output.dir, cfg) / KEY_NAME
+    path = Path(cfg.privacy.key_file) if cfg.privacy.key_file else resolve_data_path(cfg.output.dir) / KEY_NAME
     path = path.expanduser()
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 The chain is split in three so the deterministic part (decode, scale, resize, pad) runs once per image and
 is cached, while augmentation and the model's normalisation run per sample:
-  load_transforms(cfg)      {'image': path, 'frame': k}  ->  {'image': 1xSxS tensor in [0, 1]}
+  load_transforms(data)     {'image': path, 'frame': k}  ->  {'image': 1xSxS tensor in [0, 1]}
   augment_transforms(cfg)   random spatial and intensity changes (training only)
   normalize_transform(norm) (x - mean) / std with the statistics the model factory returned
 """
@@ -28,7 +28,7 @@ from monai.transforms import (
 
 from pipeline.data.checks import check_pixels
 from pipeline.io import ReaderOptions, read_gray
-from pipeline.schema import AugmentConfig, Config
+from pipeline.schema import AugmentConfig, Config, DataConfig
 
 
 class LoadGrayd(MapTransform):
@@ -56,14 +56,14 @@ class LoadGrayd(MapTransform):
         return d
 
 
-def load_transforms(cfg: Config, options: ReaderOptions) -> Compose:
-    size = cfg.data.image_size
-    if cfg.data.intensity == "percentile":
+def load_transforms(data: DataConfig) -> Compose:
+    size = data.image_size
+    if data.intensity == "percentile":
         scale = ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
     else:
         scale = ScaleIntensityd("image", minv=0.0, maxv=1.0)
     return Compose([
-        LoadGrayd("image", options=options, min_size=cfg.data.min_size),
+        LoadGrayd("image", options=data.reader_options(), min_size=data.min_size),
         scale,
         # keep the aspect ratio: longest side -> size, then pad the short side with black (0)
         Resized("image", spatial_size=size, size_mode="longest", mode="bilinear", anti_aliasing=True),

@@ -76,13 +76,11 @@ def make_demo(root: Path = Path("data/demo"), which=DATASETS, seed: int = 0, *, 
 def ensure_demo_data(cfg, log=print) -> None:
     """The built-in configs point at generated demo data: make it on first use, and again when the generator
     changed (the version marker is compared; current data of any size is left alone)."""
-    from pipeline.data.manifest import (
-        resolve_data_path,  # the manifest module pulls in the readers; only needed here
-    )
+    from pipeline.schema import resolve_data_path
 
     if not cfg.data.demo:
         return
-    target = resolve_data_path(cfg.data.manifest, cfg)
+    target = resolve_data_path(cfg.data.manifest)
     folder = target.parent  # the demo manifest sits at <root>/<dataset>/labels.csv
     marker = folder / ".complete"
     if folder.exists() and not marker.is_file():

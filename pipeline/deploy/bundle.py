@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.model.checkpoint import FinishedRun
+from pipeline.deploy.finished import FinishedRun
 
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 # top-level keys the MONAI bundle specification requires in configs/metadata.json
@@ -27,7 +27,7 @@ REQUIRED_METADATA = ("version", "monai_version", "pytorch_version", "numpy_versi
 REQUIRED_TENSOR_FIELDS = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range")
 
 
-def bundle_metadata(run: FinishedRun, meta: dict) -> dict:
+def bundle_metadata(meta: dict) -> dict:
     """configs/metadata.json from the export metadata (pipeline.deploy.modelcard.export_metadata)."""
     import monai
     import numpy
@@ -89,11 +89,11 @@ def inference_config(run: FinishedRun, meta: dict) -> dict:
         "bundle_root": ".",
         "device": "$torch.device('cpu')",
         "image": "",
-        "reader": {"_target_": "pipeline.io.monai_readers.GrayReader", "voi": reader.get("voi", "auto"),
-                   "voi_index": reader.get("voi_index", 0),
-                   "frame": reader.get("frames", "middle"),
-                   "crop_us_region": reader.get("crop_us_region", True),
-                   "slice_axis": reader.get("slice_axis", -1)},
+        "reader": {"_target_": "pipeline.io.monai_readers.GrayReader", "voi": reader["voi"],
+                   "voi_index": reader["voi_index"],
+                   # the run's frame policy: `all` / `nonzero` stack every frame (scored and averaged below)
+                   "frame": run.deployment.frames,
+                   "crop_us_region": reader["crop_us_region"], "slice_axis": reader["slice_axis"]},
         "network": "$torch.jit.load(@bundle_root + '/models/model.ts', map_location=@device).eval()",
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "LoadImaged", "keys": "image", "reader": "@reader", "image_only": True,
@@ -116,7 +116,7 @@ def write_bundle(run: FinishedRun, out_dir: Path, meta: dict, card: str) -> list
     """The configs and docs; the caller writes models/model.ts and the project metadata."""
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
     (out_dir / "docs").mkdir(parents=True, exist_ok=True)
-    files = {out_dir / "configs" / "metadata.json": json.dumps(bundle_metadata(run, meta), indent=1),
+    files = {out_dir / "configs" / "metadata.json": json.dumps(bundle_metadata(meta), indent=1),
              out_dir / "configs" / "inference.json": json.dumps(inference_config(run, meta), indent=1),
              out_dir / "docs" / "README.md": card + "\n## Using the bundle\n\n```bash\n"
              "python -m monai.bundle run --config_file configs/inference.json --image FILE.dcm\n```\n\n"

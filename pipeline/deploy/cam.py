@@ -10,13 +10,12 @@ A model that learned a burned-in L/R marker or a text label instead of the lung 
   folds and scaled to [0, 1] again; (B, S, S) like the input, finite.
 - `write_cams(run, items, out_dir)`: for each file, `<stem>_cam.png` (the [0, 1] pixels after the run's load
   transforms, i.e. what the network saw, with the map overlaid) and optionally `<stem>_cam.npy`.
-- `cam_panel(images, maps, titles, out)`: one PNG grid; `report_cam_panel(run_dir)` draws it for the run's report
+- `cam_panel(images, maps, titles, out)`: one PNG grid; `report_cam_panel(run, rows, pixels_of)` draws it after training for the run's report
   on the most confident test positives, negatives and errors.
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,10 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.deploy.finished import FinishedRun, load_run
 from pipeline.logs import log
-from pipeline.model.checkpoint import FinishedRun, load_run
-
-PANEL = "cam_panel.png"
 
 
 def _pool_input_module(model: nn.Module) -> str | None:
@@ -217,12 +214,12 @@ def cam_panel(images: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | N
 
 
 def load_pixels(run: FinishedRun, items: Sequence[tuple[str, int | None]]) -> list[np.ndarray]:
-    """(S, S) [0, 1] pixels of each (file, frame) after the run's load transforms: what the network saw."""
-    from pipeline.data.manifest import reader_options
-    from pipeline.data.transforms import load_transforms
+    """(S, S) [0, 1] pixels of each (file, frame) as predict scores them (the deployment's reader settings,
+    16-bit rounding and disk cache): what the network saw."""
+    from pipeline.data.datasets import image_reader
 
-    chain = load_transforms(run.cfg, reader_options(run.cfg))
-    return [np.asarray(chain({"image": str(p), "frame": f})["image"])[0] for p, f in items]
+    read = image_reader(run.deployment.data)
+    return [np.asarray(read(str(p), f))[0] for p, f in items]
 
 
 def write_cams(run: FinishedRun | Path, items: Sequence[tuple[str, int | None]], out_dir: Path, *,
@@ -277,18 +274,9 @@ def _panel_picks(rows: list[dict], task, threshold: float, per_row: int) -> list
     return [(f"top {pos}", tp[:per_row]), (f"top {neg}", tn[:per_row]), ("confident errors", err[:per_row])]
 
 
-def report_cam_panel(run_dir: Path, per_row: int = 4) -> Path | None:
-    """RUN/cam_panel.png from test_predictions.csv and the fold models; None when there is no test set."""
-    run_dir = Path(run_dir)
-    preds = run_dir / "test_predictions.csv"
-    if not preds.is_file():
-        return None
-    run = load_run(run_dir)
-    from pipeline.data.manifest import load_manifest
-
-    where = {s.image_text: s.image for s in load_manifest(run.cfg).samples}
-    with preds.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["image"] in where]
+def report_cam_panel(run: FinishedRun, rows: list[dict], pixels_of, per_row: int = 4) -> Path | None:
+    """RUN/cam_panel.png, a post-run step: `rows` are the test predictions (image, label, prob_<class>) and
+    `pixels_of(image)` gives the pixels the run scored, already in memory; None when nothing can be drawn."""
     if run.task.type == "multilabel" or not rows:
         return None
     picks = [(label, chosen) for label, chosen in _panel_picks(rows, run.task, run.threshold, per_row) if chosen]
@@ -297,10 +285,10 @@ def report_cam_panel(run_dir: Path, per_row: int = 4) -> Path | None:
     models = run.models()
     images, maps, titles, labels = [], [], [], []
     for label, chosen in picks:
-        pixels = load_pixels(run, [(where[r["image"]], None) for r in chosen])
+        pixels = [pixels_of(r["image"]) for r in chosen]
         cams = cam_maps(run, torch.from_numpy(np.stack(pixels))[:, None], models, "predicted")
         images += pixels + [None] * (per_row - len(pixels))
         maps += list(cams) + [None] * (per_row - len(cams))
         titles += [f"{r['label']} p={r['_score']:.2f}, map: {r['_pred']}" for r in chosen] + [""] * (per_row - len(chosen))
         labels.append(label)
-    return cam_panel(images, maps, titles, run_dir / PANEL, ncols=per_row, row_labels=labels)
+    return cam_panel(images, maps, titles, run.folder.cam_panel, ncols=per_row, row_labels=labels)

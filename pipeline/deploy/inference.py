@@ -19,9 +19,9 @@ from torch import nn
 
 from pipeline.data.checks import header_problem
 from pipeline.data.datasets import image_reader
-from pipeline.data.manifest import expand_frames, reader_options
+from pipeline.data.manifest import expand_frames
+from pipeline.deploy.finished import FinishedRun
 from pipeline.errors import DataError, ImageReadError, error_reason
-from pipeline.model.checkpoint import FinishedRun
 from pipeline.model.outputs import class_columns, probabilities
 from pipeline.model.stems import Normalization
 from pipeline.schema import TaskConfig
@@ -71,8 +71,8 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
                 batch_size: int = 32, progress: bool = False) -> tuple[list[FileScore], list[dict]]:
     """(scores per file, skipped [{'image', 'reason'}]). Unreadable files stop with one line naming the file,
     or with on_error='skip' are listed and the rest is scored."""
-    cfg, opts = run.cfg, reader_options(run.cfg)
-    read = image_reader(cfg)  # through the disk cache when the run used one
+    data = run.deployment.data
+    read = image_reader(data)  # through the disk cache when the run used one
     module = build_ensemble(run)
     pending: list[torch.Tensor] = []  # decoded frames waiting for a full batch: memory stays one batch
     outputs: list[np.ndarray] = []
@@ -95,7 +95,7 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
             problem = header_problem(path)  # a header that says "no pixels" is not worth decoding
             if problem:
                 raise ImageReadError(path, problem)
-            frames = expand_frames(Path(path), "" if frame is None else str(frame), cfg, opts)
+            frames = expand_frames(Path(path), "" if frame is None else str(frame), data)
             decoded = [read(path, f) for f in frames]
         except Exception as exc:  # any reader failure of one file: named, and skippable
             if on_error != "skip":

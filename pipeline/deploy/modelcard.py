@@ -9,24 +9,17 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from importlib import metadata as importlib_metadata
+from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.model.checkpoint import FinishedRun
+from pipeline.deploy.finished import FinishedRun
+from pipeline.results.provenance import package_versions
+from pipeline.runfolder import RunFolder
 from pipeline.vocab import LUMA_REC601, METRICS
 
-PACKAGES = ("graystem", "torch", "timm", "monai", "numpy", "pydicom", "nibabel", "pillow", "onnx", "onnxscript",
-            "onnxruntime")
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return out
+# what an exported graph was made with (installed ones only)
+EXPORT_PACKAGES = {name: name for name in ("graystem", "torch", "timm", "monai", "numpy", "pydicom", "nibabel",
+                                           "pillow", "onnx", "onnxscript", "onnxruntime")}
 
 
 def _label_counts(path: Path) -> dict[str, int]:
@@ -38,7 +31,8 @@ def _label_counts(path: Path) -> dict[str, int]:
 
 def preprocessing(run: FinishedRun, input_kind: str = "gray") -> dict:
     """The steps between a file and the model's input tensor (pipeline.data.transforms.load_transforms)."""
-    px = run.checkpoints[0].pixels
+    data = run.deployment.data
+    px = data.pixel_settings()
     size = int(px["image_size"])
     scale = ("percentile 0.5-99.5 -> [0, 1], clipped" if px.get("intensity") == "percentile"
              else "min-max -> [0, 1]")
@@ -50,23 +44,22 @@ def preprocessing(run: FinishedRun, input_kind: str = "gray") -> dict:
     if input_kind == "rgb":
         steps[-1] = (f"float32 tensor (B, 3, S, S) RGB in [0, 1]; the stem weights its channels with Rec. 601 "
                      f"{list(LUMA_REC601)} (the luminance the 1-channel model was trained on)")
-    reader = {k: px[k] for k in ("voi", "voi_index", "frames", "crop_us_region", "slice_axis") if k in px}
+    reader = asdict(run.deployment.reader_options())  # GrayReader's own arguments
     return {"image_size": size, "intensity": px.get("intensity"), "steps": steps, "reader": reader,
             "pixels": px}
 
 
 def export_metadata(run: FinishedRun, *, fmt: str, input_kind: str, files: dict[str, str]) -> dict:
-    summary_path = run.run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = RunFolder.read_json(run.folder.summary, {})
     task, ck = run.task, run.checkpoints[0]
-    size = ck.image_size
+    size = run.deployment.image_size
     channels = 3 if input_kind == "rgb" else 1
     test = summary.get("test") or {}
     return {
         "format": fmt, "files": files,
         "input": {"name": "image", "shape": ["batch", channels, size, size], "dtype": "float32",
                   "value_range": [0.0, 1.0], "channels": "RGB" if channels == 3 else "grey",
-                  "normalization_in_graph": ck.normalization.to_dict()},
+                  "normalization_in_graph": run.normalization.to_dict()},
         "output": {"name": "probabilities", "shape": ["batch", len(task.classes)], "dtype": "float32",
                    "meaning": "per-class probability, mean of the fold models",
                    "columns": list(task.classes)},
@@ -74,7 +67,10 @@ def export_metadata(run: FinishedRun, *, fmt: str, input_kind: str, files: dict[
         "task": {"name": task.name, "type": task.type, "classes": list(task.classes),
                  "positive_class": task.positive if task.type == "binary" else None},
         "threshold": run.threshold,
-        "model": {"backbone": ck.model.backbone, "pretrained": ck.model.pretrained, "stem": ck.model.stem,
+        "temperature": run.deployment.temperature,
+        "precision": run.deployment.precision,
+        "model": {"backbone": ck.model.backbone, "pretrained": ck.model.pretrained,
+                  "stem": run.deployment.model.stem,
                   "folds": [c.fold for c in run.checkpoints], "ensemble": len(run.checkpoints) > 1,
                   "best_epochs": {c.fold: c.best_epoch for c in run.checkpoints}},
         "metrics": {
@@ -87,10 +83,10 @@ def export_metadata(run: FinishedRun, *, fmt: str, input_kind: str, files: dict[
             "n_samples": summary.get("n_samples"), "n_patients": summary.get("n_patients"),
             "n_skipped": summary.get("n_skipped"), "unit": summary.get("unit"),
             "patient_source": summary.get("patient_source"), "folds": len(summary.get("folds", [])) or None,
-            "labels_development": _label_counts(run.run_dir / "oof_predictions.csv"),
-            "labels_test": _label_counts(run.run_dir / "test_predictions.csv"),
+            "labels_development": _label_counts(run.folder.oof_predictions),
+            "labels_test": _label_counts(run.folder.test_predictions),
         },
-        "packages": package_versions(),
+        "packages": package_versions(EXPORT_PACKAGES, missing=False),
     }
 
 

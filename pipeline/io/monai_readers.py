@@ -47,13 +47,6 @@ class GrayReader(ImageReader):
         self.options = options or ReaderOptions(voi=voi, voi_index=voi_index, frame="middle" if self.expand else frame,
                                                 crop_us_region=crop_us_region, slice_axis=slice_axis)
 
-    @classmethod
-    def from_pixels(cls, pixels: dict) -> GrayReader:
-        """The reader for a checkpoint's `pixels` (DataConfig.pixel_settings()): how its model must be fed."""
-        return cls(voi=pixels.get("voi", "auto"), voi_index=pixels.get("voi_index", 0),
-                   frame=pixels.get("frames", "middle"),
-                   crop_us_region=pixels.get("crop_us_region", True), slice_axis=pixels.get("slice_axis", -1))
-
     def _suffix_ok(self, name: str) -> bool:
         name = name.lower()
         suffix = Path(name).suffix

@@ -1,28 +1,23 @@
 """The run folder's model files, written and read in one place (as MAE's misc.save_model / load_model).
 
-`fold_K/best.pt` holds the fold's best weights and everything that rebuilds and feeds the model: model config,
+A fold's best.pt holds the fold's best weights and everything that rebuilds and feeds the model: model config,
 resolved stem, input normalisation, task, the data settings that shape the pixels, and the epoch and stage it
-came from. Files are written atomically (temporary file + os.replace), so a kill never leaves half a checkpoint,
+came from. Files are written atomically (RunFolder.save_torch), so a kill never leaves half a checkpoint,
 and read with `weights_only=True`, which refuses pickled code.
 """
 
 from __future__ import annotations
 
-import errno
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipeline.config import Config, ModelConfig, TaskConfig, load_config
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError
 from pipeline.model.stems import Normalization
-
-BEST = "best.pt"
+from pipeline.runfolder import RunFolder
+from pipeline.schema import ModelConfig, TaskConfig
 
 
 @dataclass(frozen=True)
@@ -61,24 +56,8 @@ class FoldCheckpoint:
                    pixels=d["pixels"], best_epoch=d.get("best_epoch"), stage=d.get("stage"))
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise PipelineError(f"{path}: disk full while writing (nothing half-written is left); free space "
-                                "and continue with --resume") from None
-        raise
-
-
 def save_checkpoint(ckpt: FoldCheckpoint, path: Path) -> None:
-    atomic_save(ckpt.to_dict(), path)
+    RunFolder.save_torch(ckpt.to_dict(), path)
 
 
 def load_checkpoint(path: Path) -> FoldCheckpoint:
@@ -88,78 +67,12 @@ def load_checkpoint(path: Path) -> FoldCheckpoint:
         raise ConfigError(f"{path}: not a checkpoint of this pipeline (missing {exc})") from None
 
 
-def fold_checkpoint_path(run_dir: Path, fold: int) -> Path:
-    return Path(run_dir) / f"fold_{fold}" / BEST
-
-
-def seed_dir(run_dir: Path, seed: int, n_seeds: int) -> Path:
-    """Where one seed's fold folders live: the run folder itself for a single seed (fold_K/, as always), and
-    seed_S/ (S the training seed) for each seed when the CV is repeated (train.repeats > 1)."""
-    return Path(run_dir) if n_seeds == 1 else Path(run_dir) / f"seed_{seed}"
-
-
-def _checkpoint_paths(run_dir: Path) -> list[tuple[int | None, Path]]:
-    """(seed or None for the single-seed layout, path) of every fold checkpoint, by seed then fold."""
-    found = [(None, p) for p in run_dir.glob(f"fold_*/{BEST}")]
-    found += [(int(p.parent.parent.name.split("_")[1]), p) for p in run_dir.glob(f"seed_*/fold_*/{BEST}")]
-    return sorted(found, key=lambda sp: (sp[0] if sp[0] is not None else -1, int(sp[1].parent.name.split("_")[1])))
-
-
-@dataclass(frozen=True)
-class FinishedRun:
-    """What a finished run folder offers to inference: its config, fold checkpoints and operating point."""
-
-    run_dir: Path
-    cfg: Config
-    checkpoints: tuple[FoldCheckpoint, ...]
-    threshold: float  # the run's operating point (summary.json), 0.5 before the run chose one
-    seeds: tuple[int, ...] = ()  # training seeds whose fold models are in `checkpoints` (seed-major order)
-
-    @property
-    def task(self) -> TaskConfig:
-        return self.checkpoints[0].task
-
-    @property
-    def normalization(self) -> Normalization:
-        return self.checkpoints[0].normalization
-
-    def models(self) -> list[nn.Module]:
-        return [c.build() for c in self.checkpoints]
-
-
-def load_run(run_dir: Path, folds: list[int] | None = None) -> FinishedRun:
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir}: no config.yaml there (not a run folder)")
-    paths = _checkpoint_paths(run_dir)
-    if not paths:
-        raise ConfigError(f"{run_dir}: no fold_K/{BEST} checkpoints (not a finished run folder)")
-    cfg = load_config(str(run_dir / "config.yaml"))
-    seeded = [(cfg.train.seed if s is None else s, load_checkpoint(p)) for s, p in paths]
-    if folds is not None:
-        missing = sorted(set(folds) - {c.fold for _, c in seeded})
-        if missing:
-            raise ConfigError(f"--fold {missing[0]}: no fold_{missing[0]}/{BEST} in {run_dir}")
-        seeded = [(s, c) for s, c in seeded if c.fold in folds]
-    summary = run_dir / "summary.json"
-    threshold = json.loads(summary.read_text()).get("threshold", 0.5) if summary.is_file() else 0.5
-    return FinishedRun(run_dir, cfg, tuple(c for _, c in seeded), float(threshold),
-                       seeds=tuple(dict.fromkeys(s for s, _ in seeded)))
-
-
 # ---- resume mid-fold: fold_K/last.pt ----------------------------------------------------------------------------
 #
 # Written after every finished epoch (atomically) and read with weights_only=True, so everything in it is a
 # tensor, a number, a string or a list/dict of them: RNG states are converted (numpy's and Python's tuples into
 # tensors and lists) rather than pickled. The FoldState's metrics and history travel as a JSON string, which
 # round-trips Python floats exactly and keeps numpy scalars out of the pickle.
-
-LAST = "last.pt"
-
-
-def last_checkpoint_path(run_dir: Path, fold: int) -> Path:
-    return Path(run_dir) / f"fold_{fold}" / LAST
-
 
 def _np_state(state) -> dict:
     """numpy's ('MT19937', keys, pos, has_gauss, cached_gaussian) as weights_only-safe values."""
@@ -228,9 +141,9 @@ def restore_rng(state: dict, random_objects=()) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
     if len(state["transforms"]) != len(random_objects):
-        raise ConfigError(f"{LAST}: {len(state['transforms'])} random transforms saved, {len(random_objects)} "
+        raise ConfigError(f"{RunFolder.LAST}: {len(state['transforms'])} random transforms saved, {len(random_objects)} "
                           "in this run's augmentation (was the augment config changed? start the fold again by "
-                          f"deleting {LAST})")
+                          f"deleting {RunFolder.LAST})")
     for obj, s in zip(random_objects, state["transforms"], strict=True):
         obj.R.set_state(_np_tuple(s))
 
@@ -261,7 +174,7 @@ class ResumeState:
 
 
 def save_resume(state: ResumeState, path: Path) -> None:
-    atomic_save(state.to_dict(), path)
+    RunFolder.save_torch(state.to_dict(), path)
 
 
 def load_resume(path: Path) -> ResumeState | None:

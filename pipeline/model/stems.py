@@ -55,6 +55,10 @@ class Normalization:
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalization:
+        return cls(tuple(d["mean"]), tuple(d["std"]))
+
 
 class RepeatChannels(nn.Module):
     """The `repeat` stem: replicate the grey input to the conv's channels, normalise per channel, run the conv.

@@ -17,13 +17,16 @@ PACKAGES = {"torch": "torch", "timm": "timm", "monai": "monai", "pydicom": "pydi
             "sklearn": "scikit-learn", "graystem": "graystem"}
 
 
-def package_versions() -> dict:
+def package_versions(packages: dict[str, str] | None = None, *, missing: bool = True) -> dict:
+    """{name: installed version} of the given distributions (default: what trained a run); a package that is
+    not installed maps to None, or is left out with missing=False."""
     out = {}
-    for name, dist in PACKAGES.items():
+    for name, dist in (packages or PACKAGES).items():
         try:
             out[name] = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            out[name] = None
+            if missing:
+                out[name] = None
     return out
 
 
@@ -74,7 +77,7 @@ def machine() -> dict:
             "cores": os.cpu_count(), "gpu": gpu}
 
 
-def provenance(cfg, manifest_path, started: float | None, results) -> dict:
+def provenance(cfg, manifest_path, started: float | None, fold_seconds: dict[int, float | None]) -> dict:
     now = time.time()
     return {
         "versions": package_versions(),
@@ -86,5 +89,5 @@ def provenance(cfg, manifest_path, started: float | None, results) -> dict:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)),
         # this invocation (a resumed run counts only what it did); fold_seconds adds up each fold's training
         "wall_time_s": round(now - started, 1) if started else None,
-        "fold_seconds": {str(r["fold"]): r.get("seconds") for r in results},
+        "fold_seconds": {str(k): v for k, v in fold_seconds.items()},
     }

@@ -11,7 +11,7 @@ and report.md is at the run's one threshold.
 from __future__ import annotations
 
 import csv
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,9 @@ from pipeline.results.metrics import (
     youden_threshold,
 )
 from pipeline.results.provenance import provenance
+from pipeline.results.records import FoldResult, Scores, Summary
 from pipeline.results.tracking import Tags
+from pipeline.runfolder import RunFolder
 from pipeline.vocab import METRICS, TABLE_METRICS
 
 POINT_KEYS = ("tp", "fp", "tn", "fn", "sensitivity", "specificity", "ppv", "npv")
@@ -44,18 +46,6 @@ def _aggregate(samples, indices, probs, fold_of=None):
                     "frames": len(js), "fold": None if fold_of is None else fold_of[js[0]],
                     "prob": np.mean([probs[j] for j in js], axis=0)})
     return out
-
-
-def fold_ensemble(tests: list[dict]) -> tuple[list[int], np.ndarray]:
-    """Mean probability of the fold models per test sample, matched by sample index (not by position)."""
-    by_index: dict[int, list] = {}
-    for t in tests:
-        for i, p in zip(t["indices"], t["probs"], strict=True):
-            by_index.setdefault(i, []).append(p)
-    if any(len(v) != len(tests) for v in by_index.values()):
-        raise ValueError("fold models scored different test samples")
-    idx = sorted(by_index)
-    return idx, np.array([np.mean(by_index[i], axis=0) for i in idx])
 
 
 def _arrays(items, task_type):
@@ -99,7 +89,8 @@ def score_items(cfg, items, threshold: float, n_models: int) -> dict:
     return block
 
 
-def _mean_std(fold_metrics: list[dict]):
+def mean_sd(fold_metrics: list[dict]) -> tuple[dict, dict]:
+    """Mean and sample sd of every metric over folds (or seeds); metrics that are None are left out."""
     mean, std = {}, {}
     for k in METRICS:
         vals = [m[k] for m in fold_metrics if m.get(k) is not None]
@@ -157,78 +148,86 @@ def _hparams(cfg, summary) -> tuple[dict, dict]:
     return h, m
 
 
-def write_outputs(cfg, run_dir: Path, prep, results, tracker, started: float | None = None) -> dict:
+@dataclass(frozen=True)
+class Outcome:
+    """A run's results before anything is written: the summary and the per-image rows it was computed from."""
+
+    summary: Summary
+    oof: list  # `_aggregate` items (one per image file)
+    test: list | None
+
+
+def summarize(cfg, prep, results: list[FoldResult], started: float | None = None,
+              threshold: float | None = None) -> Outcome:
+    """Fold metrics, pooled out-of-fold and fold-ensemble test metrics at one threshold (chosen here on the
+    out-of-fold predictions unless given); computes, writes nothing."""
     task, rows = cfg.task, prep.decoded.samples
     oof_idx, oof_probs, oof_fold = [], [], []
     for res in results:
-        oof_idx += res["val"]["indices"]
-        oof_probs += res["val"]["probs"]
-        oof_fold += [res["fold"]] * len(res["val"]["indices"])
+        oof_idx += list(res.val.indices)
+        oof_probs += list(res.val.probs)
+        oof_fold += [res.fold] * len(res.val.indices)
     oof = _aggregate(rows, oof_idx, oof_probs, oof_fold)
     y_oof, p_oof = _arrays(oof, task.type)
 
-    threshold = cfg.report.threshold
-    if threshold == "youden":
-        threshold = youden_threshold(y_oof, p_oof) if task.type == "binary" else 0.5
+    if threshold is None:
+        threshold = cfg.report.threshold
+        if threshold == "youden":
+            threshold = youden_threshold(y_oof, p_oof) if task.type == "binary" else 0.5
     bins = cfg.report.calibration_bins
 
     folds = []
     for res in results:
-        sel = [i for i, it in enumerate(oof) if it["fold"] == res["fold"]]
+        sel = [i for i, it in enumerate(oof) if it["fold"] == res.fold]
         m = compute_metrics(task.type, y_oof[sel], p_oof[sel], task.classes, threshold, bins)
-        folds.append({"fold": res["fold"], "metrics": m, "best_epoch": res["best_epoch"], "stage": res["stage"],
+        folds.append({"fold": res.fold, "metrics": m, "best_epoch": res.best_epoch, "stage": res.stage,
                       "n_val": len(sel), "n_val_patients": len({oof[i]["patient_id"] for i in sel})})
-    mean, std = _mean_std([f["metrics"] for f in folds])
+    mean, std = mean_sd([f["metrics"] for f in folds])
     pooled = compute_metrics(task.type, y_oof, p_oof, task.classes, threshold, bins)
     pooled["n_patients"] = len({it["patient_id"] for it in oof})
-    _write_predictions(run_dir / "oof_predictions.csv", oof, task, with_fold=True)
 
     test_summary, test = None, None
-    tests = [r["test"] for r in results if r.get("test")]
+    tests = [r.test for r in results if r.test is not None]
     if tests:
         # fold ensemble: mean probability of the fold models on the held-out patients
-        idx, probs = fold_ensemble(tests)
-        test = _aggregate(rows, idx, list(probs))
-        test_summary = score_items(cfg, test, threshold, sum(t.get("n_models", 1) for t in tests))
-        _write_predictions(run_dir / "test_predictions.csv", test, task, with_fold=False)
+        ens = Scores.mean_by_index(tests, complete=True)
+        test = _aggregate(rows, list(ens.indices), [np.asarray(p) for p in ens.probs])
+        test_summary = score_items(cfg, test, threshold, ens.n_models)
 
-    summary = {
-        "task": task.name, "type": task.type, "classes": task.classes,
-        "positive_class": task.positive if task.type == "binary" else None,
-        "threshold": threshold, "unit": "image (frames averaged)" if len(oof) < len(oof_idx) else "image",
-        "folds": folds, "mean": mean, "std": std, "oof": pooled, "test": test_summary,
-        "operating_points": operating_points(cfg, threshold, oof, test) if task.type == "binary" else [],
-        "n_samples": len(rows), "n_patients": len({r.patient_id for r in rows}),
-        "n_skipped": len(prep.skipped), "patient_source": prep.manifest.patient_source,
-        "model": {"backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
-                  "stem": results[0].get("stem_strategy", cfg.model.stem) if results else cfg.model.stem,
-                  "normalization": results[0].get("normalization") if results else None},
-        "provenance": provenance(cfg, prep.manifest.path, started, results),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    for k, v in mean.items():
+    summary = Summary(
+        task=task.name, type=task.type, classes=list(task.classes),
+        positive_class=task.positive if task.type == "binary" else None,
+        threshold=float(threshold), unit="image (frames averaged)" if len(oof) < len(oof_idx) else "image",
+        folds=folds, mean=mean, std=std, oof=pooled, test=test_summary,
+        operating_points=operating_points(cfg, threshold, oof, test) if task.type == "binary" else [],
+        n_samples=len(rows), n_patients=len({r.patient_id for r in rows}),
+        n_skipped=len(prep.skipped), patient_source=prep.manifest.patient_source,
+        model={"backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
+               "stem": results[0].stem_strategy or cfg.model.stem if results else cfg.model.stem,
+               "normalization": results[0].normalization if results else None},
+        provenance=provenance(cfg, prep.manifest.path, started, {r.fold: r.seconds for r in results}),
+    )
+    return Outcome(summary, oof, test)
+
+
+def write_predictions(folder: RunFolder, outcome: Outcome, task) -> None:
+    _write_predictions(folder.oof_predictions, outcome.oof, task, with_fold=True)
+    if outcome.test:
+        _write_predictions(folder.test_predictions, outcome.test, task, with_fold=False)
+
+
+def write_summary(folder: RunFolder, summary: Summary) -> None:
+    RunFolder.write_json(folder.summary, summary.to_json())
+
+
+def track_summary(cfg, summary: Summary, tracker) -> None:
+    """The run's scalars and HParams entry in TensorBoard."""
+    for k, v in summary.mean.items():
         tracker.scalar(Tags.cv_mean(k), v, 0)
-    if test_summary:
+    if summary.test:
         for k in METRICS:
-            tracker.scalar(Tags.test(k), test_summary.get(k), 0)
-    tracker.hparams(*_hparams(cfg, summary))
-    if cfg.report.cam_panel and cfg.tracking.log_images and tests:  # no patient pixels when images are off
-        _cam_panel(run_dir)
-    from pipeline.results.report_md import write_report
-
-    write_report(run_dir, summary, oof, test, cfg, tracker)
-    return summary
-
-
-def _cam_panel(run_dir: Path) -> None:
-    """Grad-CAM panel for report.md; a failure here costs the picture, never the finished run."""
-    from pipeline.deploy.cam import report_cam_panel
-    from pipeline.logs import log
-
-    try:
-        report_cam_panel(run_dir)
-    except Exception as exc:  # the run's results are already written
-        log.warning(f"grad-cam panel not drawn: {type(exc).__name__}: {exc}")
+            tracker.scalar(Tags.test(k), summary.test.get(k), 0)
+    tracker.hparams(*_hparams(cfg, summary.to_json()))
 
 
 def format_table(summary: dict) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pipeline.vocab import METRICS, PROPORTION_METRICS
+from pipeline.results.report_plots import figures, point_label
+from pipeline.runfolder import RunFolder
+from pipeline.vocab import METRICS, PROPORTION_METRICS, TABLE_METRICS
 
 INTERVALS = ("Intervals: Wilson score 95% CI for proportions (accuracy, sensitivity, specificity, PPV, NPV), "
              "patient-bootstrap percentile 95% CI for AUROC, AUPRC, F1, balanced accuracy, Brier and ECE "
@@ -21,11 +21,6 @@ def _fmt(v):
 
 def _ci(c):
     return f"{c[0]:.3f} – {c[1]:.3f}" if c else ""
-
-
-def point_label(op: dict) -> str:
-    """'youden', 'sensitivity ≥ 0.95', ...: how the operating point was chosen."""
-    return " and ".join(f"{k} ≥ {v:g}" for k, v in op["target"].items()) if op.get("target") else op["name"]
 
 
 def _set_line(name: str, m: dict) -> str:
@@ -85,7 +80,8 @@ def _operating_points(points) -> list[str]:
     return lines
 
 
-def write_report(run_dir: Path, summary: dict, oof, test, cfg, tracker=None) -> None:
+def write_report(folder: RunFolder, summary: dict, oof, test, cfg, tracker=None) -> None:
+    """report.md, written once from the finished summary (with its figures beside it)."""
     keys = METRICS
     thr = ("Youden index on out-of-fold predictions" if cfg.report.threshold == "youden" else "fixed")
     lines = [
@@ -120,26 +116,56 @@ def write_report(run_dir: Path, summary: dict, oof, test, cfg, tracker=None) -> 
     lines += ["", "## Confusion matrix", "", *_confusion(summary, t or summary["oof"], "test" if t else "out-of-fold")]
     lines += _operating_points(summary.get("operating_points"))
 
-    from pipeline.results.report_plots import figures
-
     figs = figures(summary, oof, test, cfg.report.calibration_bins)
     if figs:
         lines += ["", "## Figures"]
     for name, fig in figs.items():
-        fig.savefig(run_dir / f"{name}.png", dpi=110)
+        fig.savefig(folder.file(f"{name}.png"), dpi=110)
         if tracker is not None:
             tracker.figure(name, fig)
         import matplotlib.pyplot as plt
 
         plt.close(fig)
         lines += ["", f"![{name}]({name}.png)"]
-    if (run_dir / "cam_panel.png").is_file():  # pipeline.deploy.cam.report_cam_panel (report.cam_panel)
+    lines += seeds_markdown(summary).splitlines()
+    if folder.cam_panel.is_file():  # drawn after training (report.cam_panel), before this report
         lines += ["", "## Where the fold ensemble looks (Grad-CAM, test set)", "",
                   "Most confident correct test images per class and the most confident errors; each map is of the "
                   "class the ensemble decided. A map on a corner marker or text instead of anatomy is a shortcut.",
-                  "", "![Grad-CAM panel](cam_panel.png)"]
-    lines += ["", "Files: `summary.json` (with `provenance`: package versions, git commit, manifest and config "
-              "hashes, machine, wall time), `oof_predictions.csv`, `test_predictions.csv`, `splits.json`, "
-              "`fold_K/best.pt`, `tensorboard/fold_K/` and `tensorboard/summary/` (`tensorboard --logdir "
-              + str(run_dir / "tensorboard") + "`).", ""]
-    (run_dir / "report.md").write_text("\n".join(lines))
+                  "", f"![Grad-CAM panel]({folder.CAM_PANEL})"]
+    lines += ["", f"Files: `{folder.SUMMARY}` (with `provenance`: package versions, git commit, manifest and "
+              f"config hashes, machine, wall time), `{folder.OOF}`, `{folder.TEST}`, `{folder.SPLITS}`, "
+              f"`{folder.DEPLOYMENT}` (what predict, evaluate and export read), `fold_K/{folder.BEST}`, "
+              f"`{folder.TENSORBOARD}/fold_K/` and `{folder.TENSORBOARD}/summary/` (`tensorboard --logdir "
+              f"{folder.tensorboard}`).", ""]
+    RunFolder.write_text(folder.report, "\n".join(lines))
+
+
+def seeds_markdown(summary: dict) -> str:
+    """report.md's section on repeated seeds ('' with one seed)."""
+    if len(summary.get("seeds") or []) < 2:
+        return ""
+    keys = TABLE_METRICS
+    n = len(summary["seeds"])
+    lines = ["", f"## Repeated seeds ({n} training seeds, same folds)", "",
+             "Top-level numbers above are the seed ensemble (out-of-fold: the mean over seeds of each image's "
+             "fold models; test: every seed's fold models). Per seed, at the same threshold:", ""]
+    for part, title in (("cv", "cross-validation mean over folds"), ("test", "held-out test")):
+        rows = [(s["seed"], s["mean"] if part == "cv" else (s["test"] or {})) for s in summary["seeds"]]
+        if not any(r for _, r in rows):
+            continue
+        lines += [f"{title}:", "", "| seed | " + " | ".join(keys) + " |", "|---" * (1 + len(keys)) + "|"]
+        lines += [f"| {seed} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for seed, r in rows]
+        m, sd = summary["seeds_mean"][part], summary["seeds_sd"][part]
+        lines += ["| mean ± sd | " + " | ".join(f"{_fmt(m.get(k))} ± {_fmt(sd.get(k))}" for k in keys) + " |", ""]
+    return "\n".join(lines) + "\n"
+
+
+def format_seeds(summary: dict) -> str:
+    """One line per part for the console: mean ± sd over seeds of AUROC (empty with one seed)."""
+    if len(summary.get("seeds", [])) < 2:
+        return ""
+    m, sd = summary["seeds_mean"], summary["seeds_sd"]
+    parts = [f"{name} AUROC {m[p]['auroc']:.3f} ± {sd[p]['auroc']:.3f}" for p, name in (("cv", "CV mean"), ("test", "test"))
+             if m[p].get("auroc") is not None]
+    return f"over {len(summary['seeds'])} seeds: " + "; ".join(parts)

@@ -10,6 +10,11 @@ import numpy as np
 MARKERS = ("o", "s", "^", "D")
 
 
+def point_label(op: dict) -> str:
+    """'youden', 'sensitivity ≥ 0.95', ...: how the operating point was chosen."""
+    return " and ".join(f"{k} ≥ {v:g}" for k, v in op["target"].items()) if op.get("target") else op["name"]
+
+
 def _plt():
     import matplotlib
 
@@ -36,7 +41,6 @@ def roc_binary(oof, test, points, positive, negative, test_name="test (fold ense
     operating points marked where they fall on the test curve (on the out-of-fold one without a test set)."""
     from sklearn.metrics import roc_curve
 
-    from pipeline.results.report_md import point_label
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))

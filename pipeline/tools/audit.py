@@ -28,9 +28,9 @@ from pathlib import Path
 
 from pipeline.cliargs import add_config_arguments
 from pipeline.config import load_config
-from pipeline.data.checks import check_pixels, pixel_digest
+from pipeline.data.checks import check_pixels, group_copies, pixel_digest
 from pipeline.data.cv import make_splits
-from pipeline.data.manifest import load_manifest, reader_options
+from pipeline.data.manifest import load_manifest
 from pipeline.demo import ensure_demo_data
 from pipeline.errors import DataError, ImageReadError, error_reason, exits_on_error
 from pipeline.io import detect_format, read_gray
@@ -84,7 +84,7 @@ def audit(cfg) -> dict:
     scfg = cfg.model_copy(deep=True)
     scfg.data.on_error = "skip"  # collect every problem instead of stopping at the first
     manifest = load_manifest(scfg)
-    rows, options = manifest.samples, reader_options(cfg)
+    rows, options = manifest.samples, cfg.data.reader_options()
     unreadable = [{"image": s.image, "row": s.row, "stage": "manifest", "reason": s.reason}
                   for s in manifest.skipped]
 
@@ -154,11 +154,15 @@ def audit(cfg) -> dict:
     if both:
         leaks.append(f"{len(both)} patients have images in both the train and the test split of the manifest")
     place = {}  # patient -> 'test' or 'fold K' (the fold whose validation set holds the patient)
+    grouped = ()
     try:
-        splits = make_splits(ok, cfg) if ok else None
+        # the audit hashes what the reader returns; identical files group as training groups them
+        grouped = group_copies(cfg, ok, hashes)[0] if ok else ()
+        splits = make_splits(grouped, cfg) if ok else None
         report["folds_error"] = None if ok else "no readable samples"
     except DataError as exc:
         splits, report["folds_error"] = None, str(exc)
+    report["splits"] = splits.to_json() if splits else None  # what training writes to splits.json
     multi = set()
     if splits:
         seen = defaultdict(list)
@@ -175,14 +179,14 @@ def audit(cfg) -> dict:
         for f in splits.folds:
             val = set(f.val_patients)
             per_fold.append({"fold": f.fold, "val_patients": len(val),
-                             "val": _counts(r.label for r in ok if r.patient_id in val),
-                             "train": _counts(r.label for r in ok if r.patient_id not in val | test)})
+                             "val": _counts(r.label for r in grouped if r.patient_id in val),
+                             "train": _counts(r.label for r in grouped if r.patient_id not in val | test)})
         report["label_counts_per_fold"] = per_fold
     else:
         test = {r.patient_id for r in ok if r.split == "test"}
         place = {r.patient_id: "test" if r.patient_id in test else "train" for r in ok}
         report["label_counts_per_fold"] = []
-    report["label_counts_test"] = _counts(r.label for r in ok if r.patient_id in test)
+    report["label_counts_test"] = _counts(r.label for r in (grouped or ok) if r.patient_id in test)
     report["patients_in_multiple_folds"] = len(multi)
     if multi:
         leaks.append(f"{len(multi)} patients are in more than one fold / the test set")

@@ -183,7 +183,7 @@ def bench_frozen(fold: _Fold) -> dict:
     from pipeline.model.models import set_trainable
     from pipeline.train.engine import train_one_epoch
     from pipeline.train.features import compute_features, feature_epoch
-    from pipeline.train.stages import build_optimizer
+    from pipeline.train.trainer import build_optimizer
 
     cfg, model = fold.cfg, fold.model
     stage = cfg.train.stages[0].model_copy(update={"epochs": 1})

@@ -27,6 +27,7 @@ import numpy as np
 from pipeline.errors import ConfigError, DataError, exits_on_error
 from pipeline.results.metrics import compute_metrics
 from pipeline.results.stats import auroc, delong_test, paired_bootstrap
+from pipeline.runfolder import RunFolder
 from pipeline.vocab import METRICS
 
 
@@ -51,11 +52,11 @@ def _distinct_names(paths: list[Path]) -> list[str]:
 
 
 def _read(run_dir: Path, on: str) -> RunPredictions:
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise ConfigError(f"{run_dir}: no summary.json (not a finished run folder)")
-    summary = json.loads(summary_path.read_text())
-    csv_path = run_dir / f"{on}_predictions.csv"
+    folder = RunFolder(run_dir)
+    summary = RunFolder.read_json(folder.summary)
+    if summary is None:
+        raise ConfigError(f"{run_dir}: no {RunFolder.SUMMARY} (not a finished run folder)")
+    csv_path = folder.oof_predictions if on == "oof" else folder.test_predictions
     if not csv_path.is_file():
         raise DataError(f"{run_dir}: no {csv_path.name} (a run without a test split has no test predictions; "
                         "use --on oof)")

@@ -14,17 +14,18 @@ n), roc.png, calibration.png and report.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from pipeline.data.manifest import load_manifest
+from pipeline.deploy.finished import load_run
 from pipeline.deploy.inference import predicted_label, score_files
 from pipeline.errors import ConfigError, exits_on_error
 from pipeline.logs import log, setup_logging
-from pipeline.model.checkpoint import load_run
+from pipeline.model.deployment import DEPLOYED_DATA
 from pipeline.model.outputs import class_matrix
 from pipeline.results.report import _aggregate, _write_predictions, score_items
+from pipeline.runfolder import RunFolder
 from pipeline.vocab import METRICS
 
 
@@ -52,8 +53,10 @@ def _per_sample_scores(samples, scores, skipped) -> tuple[list[int], list]:
 def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: str | None = None,
              progress: bool = False) -> dict:
     run = load_run(run_dir)
-    data = run.cfg.data.model_copy(update={"manifest": str(Path(manifest).resolve()), "root": None, "demo": None,
-                                           **({"on_error": on_error} if on_error else {})})
+    # the deployment's pixel and reader settings; the rest of data (columns, patient rules) as the run had it
+    deployed = run.deployment.data.model_dump(include=set(DEPLOYED_DATA))
+    data = run.cfg.data.model_copy(update={**deployed, "manifest": str(Path(manifest).resolve()), "root": None,
+                                           "demo": None, **({"on_error": on_error} if on_error else {})})
     cfg = run.cfg.model_copy(update={"data": data})
     loaded = load_manifest(cfg)
     samples = list(loaded.samples)
@@ -76,12 +79,12 @@ def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: s
     summary = {
         "run": str(Path(run_dir).resolve()), "manifest": str(Path(manifest).resolve()), "task": task.name,
         "type": task.type, "classes": task.classes, "positive_class": task.positive if task.type == "binary" else None,
-        "threshold": run.threshold, "threshold_source": "the run's summary.json (not re-tuned on this set)",
+        "threshold": run.threshold, "threshold_source": f"the run's {RunFolder.DEPLOYMENT} (not re-tuned on this set)",
         "unit": "image (frames averaged)" if len(items) < len(indices) else "image",
         "n_samples": len(indices), "n_images": len(items), "n_patients": len({it["patient_id"] for it in items}),
         "n_skipped": len(all_skipped), "skipped": all_skipped, "seeds": list(run.seeds), "test": block,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    RunFolder.write_json(RunFolder(out).summary, summary)
     _write_report(out, summary, items, cfg)
     return summary
 
@@ -104,8 +107,8 @@ def _write_report(out: Path, summary: dict, items, cfg) -> None:
         fig.savefig(out / f"{name}.png", dpi=110)
         plt.close(fig)
         lines += ["", f"![{name}]({name}.png)"]
-    lines += ["", "Files: `predictions.csv`, `summary.json`.", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    lines += ["", f"Files: `predictions.csv`, `{RunFolder.SUMMARY}`.", ""]
+    RunFolder.write_text(RunFolder(out).report, "\n".join(lines))
 
 
 @exits_on_error

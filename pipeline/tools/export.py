@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.deploy.finished import FinishedRun, load_run
 from pipeline.deploy.inference import EnsembleModule
 from pipeline.deploy.modelcard import export_metadata, write_metadata_and_card
 from pipeline.errors import ConfigError, exits_on_error
-from pipeline.model.checkpoint import FinishedRun, load_run
 from pipeline.model.stems import RepeatChannels, stem_conv
 from pipeline.vocab import LUMA_REC601
 
@@ -74,7 +74,7 @@ def export_module(run: FinishedRun, input_kind: str = "gray") -> EnsembleModule:
 
 
 def example_input(run: FinishedRun, input_kind: str, batch: int = 2) -> torch.Tensor:
-    size = run.checkpoints[0].image_size
+    size = run.deployment.image_size
     return torch.rand(batch, 3 if input_kind == "rgb" else 1, size, size, generator=torch.Generator().manual_seed(0))
 
 

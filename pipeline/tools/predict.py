@@ -17,9 +17,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from pipeline.deploy.finished import load_run
 from pipeline.deploy.inference import score_files
 from pipeline.errors import ConfigError, exits_on_error
-from pipeline.model.checkpoint import load_run
 from pipeline.model.outputs import probability_fields
 
 
@@ -29,7 +29,7 @@ def predict_files(run_dir: Path, images: list[tuple[str, int | None]], on_error:
     run = load_run(run_dir)
     scores, skipped = score_files(run, images, on_error=on_error, progress=progress)
     fields = probability_fields(run.task)
-    if run.cfg.privacy.hide_file_names:  # the run hides file names: outputs show the input position instead
+    if run.deployment.hide_file_names:  # the run hides file names: outputs show the input position instead
         position = {path: f"row{k + 1}" for k, (path, _) in enumerate(images)}
         scores = [replace(s, image=position[s.image]) for s in scores]
         skipped = [{**s, "image": position[s["image"]]} for s in skipped]

@@ -18,7 +18,6 @@ import torch
 
 from pipeline.cliargs import add_config_arguments
 from pipeline.config import load_config
-from pipeline.data.manifest import reader_options
 from pipeline.data.transforms import load_transforms, sample_transforms
 from pipeline.errors import DataError, exits_on_error
 from pipeline.model.models import build_model
@@ -33,7 +32,7 @@ def preview(path: str, cfg, frame: int | None = None) -> tuple[dict, np.ndarray]
         raise DataError(f"{path}: file not found")
     # the weights do not change the normalisation (it comes with the architecture), so skip loading them
     norm = build_model(cfg.model, cfg.task.num_outputs, pretrained="none").norm
-    loaded = load_transforms(cfg, reader_options(cfg))({"image": str(p), "frame": frame})
+    loaded = load_transforms(cfg.data)({"image": str(p), "frame": frame})
     sample = sample_transforms(cfg, norm.mean, norm.std, train=False)({"image": loaded["image"]})
     x = torch.as_tensor(sample["image"]).float()
     info = loaded["image_info"].as_dict()

@@ -17,6 +17,16 @@ from pipeline.model.models import freeze_bn_stats
 from pipeline.model.outputs import probabilities
 
 
+def drops_last_batch(n: int, batch_size: int) -> bool:
+    """A training batch of one sample breaks BatchNorm in train mode: an epoch whose last batch would hold one
+    sample drops it (the shuffle varies which). The one rule for the image loader and the cached-feature loop."""
+    return n > 1 and n % batch_size == 1
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, n // batch_size if drops_last_batch(n, batch_size) else -(-n // batch_size))
+
+
 def make_loss(task_type: str, pos_weight: torch.Tensor | None = None, class_weight: torch.Tensor | None = None):
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.model.outputs import probabilities
-from pipeline.train.engine import epoch_stats
+from pipeline.train.engine import drops_last_batch, epoch_stats
 
 
 @torch.inference_mode()
@@ -45,7 +45,7 @@ def feature_epoch(model, x: torch.Tensor, y: torch.Tensor, optimizer, loss_fn, b
     device = next(head.parameters()).device
     n = len(x)
     order = torch.randperm(n)  # the global torch RNG, like the loader's shuffle
-    if n % batch_size == 1 and n > 1:  # as the loader: no batch of one
+    if drops_last_batch(n, batch_size):  # as the loader
         order = order[: n - 1]
     total, count, step = 0.0, 0, step0
     start = time.perf_counter()

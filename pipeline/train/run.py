@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,33 +15,28 @@ from monai.utils import set_determinism
 from torch.utils.data import DistributedSampler
 
 from pipeline import distributed
-from pipeline.data.datasets import sample_dataset
-from pipeline.data.prepare import Prepared, prepare, prepare_without_decoding
+from pipeline.data.datasets import decoded_pixels, sample_dataset
+from pipeline.data.prepare import Prepared, prepare, prepare_from_run
 from pipeline.data.transforms import sample_transforms
+from pipeline.deploy.finished import write_deployment
 from pipeline.errors import ConfigError
 from pipeline.logs import log
-from pipeline.model.checkpoint import (
-    FoldCheckpoint,
-    ResumeState,
-    capture_rng,
-    fold_checkpoint_path,
-    last_checkpoint_path,
-    load_resume,
-    randomizables,
-    restore_rng,
-    save_checkpoint,
-    save_resume,
-    seed_dir,
-)
+from pipeline.model.checkpoint import FoldCheckpoint, load_resume, randomizables, save_checkpoint, save_resume
+from pipeline.model.deployment import Deployment
 from pipeline.model.models import build_model
+from pipeline.model.outputs import class_matrix, probability_fields
+from pipeline.model.stems import Normalization
+from pipeline.results.records import FoldResult, Scores, Summary
+from pipeline.results.report import track_summary, write_predictions, write_summary
+from pipeline.results.report_md import write_report
 from pipeline.results.tracking import Tags, Tracker
-from pipeline.runfolder import publish_once, replace_text
+from pipeline.runfolder import RunFolder
 from pipeline.schema import Config
 from pipeline.threads import apply_threads, loader_workers
 from pipeline.train import precision as precision_auto
-from pipeline.train.engine import make_loss, predict
-from pipeline.train.seeds import seed_config, training_seeds, write_seed_outputs
-from pipeline.train.stages import FoldState, TrainContext, operating_threshold, run_stage
+from pipeline.train.engine import drops_last_batch, make_loss, predict
+from pipeline.train.seeds import seed_config, summarize_seeds, training_seeds
+from pipeline.train.trainer import FoldTrainer, operating_threshold
 
 
 def _class_weights(cfg: Config, samples, train_idx, device):
@@ -63,8 +59,7 @@ def _loader(cfg: Config, dataset, shuffle: bool, device, sampler=None) -> DataLo
     """MONAI's DataLoader: it reseeds each worker's random transforms (torch's would give every worker the same
     augmentations)."""
     n = len(sampler) if sampler is not None else len(dataset)
-    # a training batch of one sample breaks BatchNorm in train mode: drop it (the shuffle varies which)
-    drop_last = shuffle and n % cfg.train.batch_size == 1 and n > 1
+    drop_last = shuffle and drops_last_batch(n, cfg.train.batch_size)
     workers = loader_workers(cfg, device)
     return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, drop_last=drop_last,
@@ -85,10 +80,10 @@ def _log_inputs(cfg: Config, prep: Prepared, train_idx, norm, fold: int, tracker
     tracker.images(fold, (batch * std + mean).clamp(0, 1))
 
 
-def train_fold(cfg: Config, fold: int, prep: Prepared, run_dir: Path, device, tracker: Tracker,
-               dist: distributed.Dist = distributed.SINGLE, resumable: bool = True) -> dict:
-    """One fold, from its fold_K/last.pt when there is one (`resumable`): the weights, optimiser, scheduler,
-    FoldState and RNG states of its last finished epoch. The fold's records past that epoch are cut off
+def train_fold(cfg: Config, fold: int, prep: Prepared, folder: RunFolder, device, tracker: Tracker,
+               dist: distributed.Dist = distributed.SINGLE, resumable: bool = True) -> FoldResult:
+    """One fold, from its fold_K/last.pt when there is one (`resumable`): the FoldTrainer's state after its last
+    finished epoch (weights, optimiser, scheduler, position, best state and RNG states). The fold's records past that epoch are cut off
     (Tracker.start_fold), so redone epochs are not logged twice."""
     samples = prep.decoded.samples
     t_fold = time.perf_counter()
@@ -112,25 +107,20 @@ def train_fold(cfg: Config, fold: int, prep: Prepared, run_dir: Path, device, tr
         return (_loader(cfg, sample_dataset(cfg, prep.decoded, train_idx, eval_tf), False, device),
                 _loader(cfg, sample_dataset(cfg, prep.decoded, val_idx, eval_tf), False, device))
 
-    ctx = TrainContext(
-        device=device, dist=dist, tracker=tracker, loss_fn=make_loss(cfg.task.type, pos_weight, class_weight),
-        scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" and device.type == "cuda" else None,
-        train_sampler=sampler, feature_loaders=feature_loaders)
+    trainer = FoldTrainer(
+        cfg, fold, model, make_loss(cfg.task.type, pos_weight, class_weight), device,
+        train_loader=train_loader, val_loader=val_loader, tracker=tracker, dist=dist, train_sampler=sampler,
+        feature_loaders=feature_loaders, random_objects=randomizables(train_loader.dataset),
+        scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" and device.type == "cuda" else None)
     f = prep.splits.folds[fold]
-    fold_dir = run_dir / f"fold_{fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    last_path = last_checkpoint_path(run_dir, fold)
+    folder.fold_dir(fold).mkdir(parents=True, exist_ok=True)
+    last_path = folder.last(fold)
     # every rank reads last.pt (rank 0 wrote it) so all ranks go on from the same epoch
     resume = load_resume(last_path) if resumable else None
-    random_objects = randomizables(train_loader.dataset)
     if resume is not None:
-        model.load_state_dict(resume.model)
-        state = FoldState.from_json(resume.fold_state, resume.best_state)
-        restore_rng(resume.rng, random_objects)
-        log.info(f"fold {fold}: resuming after epoch {state.epoch} (stage {resume.stage_index + 1} of "
+        trainer.load_state_dict(resume)
+        log.info(f"fold {fold}: resuming after epoch {trainer.state.epoch} (stage {resume.stage_index + 1} of "
                  f"{len(cfg.train.stages)}, from {last_path})")
-    else:
-        state = FoldState(fold=fold)
     if dist.is_main:
         tracker.start_fold(fold, resume.logs if resume is not None else None)
     log.info(f"fold {fold}: {len(train_idx)} train / {len(val_idx)} val samples "
@@ -138,126 +128,160 @@ def train_fold(cfg: Config, fold: int, prep: Prepared, run_dir: Path, device, tr
     if resume is None:
         _log_inputs(cfg, prep, train_idx, norm, fold, tracker)
 
-    def on_epoch_end(stage_index, epoch_in_stage, stage_step, optimizer, scheduler):
-        if not dist.is_main:
-            return
-        save_resume(ResumeState(
-            fold=fold, stage_index=stage_index, epoch_in_stage=epoch_in_stage, stage_step=stage_step,
-            model={k: v.detach().cpu() for k, v in model.state_dict().items()},
-            optimizer=optimizer.state_dict() if optimizer is not None else None,
-            scheduler=scheduler.state_dict() if scheduler is not None else None,
-            scaler=ctx.scaler.state_dict() if ctx.scaler is not None and optimizer is not None else None,
-            fold_state=state.to_json(), best_state=state.best_state,
-            rng=capture_rng(random_objects), logs=tracker.fold_sizes(fold)), last_path)
+    def save_position(t: FoldTrainer) -> None:
+        if dist.is_main:  # the fold's log sizes too: a resume cuts the records of epochs it redoes
+            save_resume(replace(t.state_dict(), logs=tracker.fold_sizes(fold)), last_path)
 
-    ctx.on_epoch_end = on_epoch_end
-    first_stage = resume.stage_index if resume is not None else 0
-    for i, stage in enumerate(cfg.train.stages):
-        if i < first_stage:
-            continue
-        run_stage(model, stage, cfg, train_loader, val_loader, state, ctx, stage_index=i,
-                  resume=resume if resume is not None and i == resume.stage_index else None)
-
+    state = trainer.fit(on_epoch_end=save_position)
     model.load_state_dict(state.best_state)
     if dist.is_main:
         save_checkpoint(FoldCheckpoint(
             fold=fold, state_dict=state.best_state, model=cfg.model.model_copy(update={"stem": built.stem}),
             task=cfg.task, normalization=norm, pixels=cfg.data.pixel_settings(), best_epoch=state.best_epoch,
-            stage=state.best_stage), fold_checkpoint_path(run_dir, fold))
+            stage=state.best_stage), folder.best(fold))
 
     def _scores(indices):
         loader = _loader(cfg, sample_dataset(cfg, prep.decoded, indices, eval_tf), False, device)
         out = predict(model, loader, cfg.task.type, device, precision=cfg.train.precision,
                       channels_last=cfg.train.channels_last)
-        return {"indices": out["indices"].tolist(), "probs": out["probs"].tolist()}
+        return Scores.of(out["indices"].tolist(), out["probs"])
 
     test_idx = prep.splits.test_indices(samples)
     val = _scores(val_idx)
-    tracker.pr_curves(fold, cfg.task, [samples[i].target for i in val["indices"]], val["probs"], state.best_epoch)
+    tracker.pr_curves(fold, cfg.task, [samples[i].target for i in val.indices], list(val.probs),
+                      state.best_epoch)
     # the training loop's validation metrics (per frame, at the training-time threshold) chose the best epoch;
     # the run's reported fold metrics are in summary.json, per image at the run's threshold
-    result = {
-        "fold": fold, "best_epoch": state.best_epoch, "stage": state.best_stage,
-        "stem_strategy": built.stem, "normalization": norm.to_dict(),
-        "training_threshold": operating_threshold(cfg), "metrics_at_training_threshold": state.best_metrics,
-        "history": state.history, "val": val, "test": _scores(test_idx) if test_idx else None,
-        "seconds": round(time.perf_counter() - t_fold, 1),
-    }
+    result = FoldResult(
+        fold=fold, best_epoch=state.best_epoch, stage=state.best_stage, stem_strategy=built.stem,
+        normalization=norm.to_dict(), training_threshold=operating_threshold(cfg),
+        metrics_at_training_threshold=state.best_metrics, history=state.history, val=val,
+        test=_scores(test_idx) if test_idx else None, seconds=round(time.perf_counter() - t_fold, 1))
     # written last (atomically): its presence marks the fold as finished for --resume and --aggregate; last.pt
     # goes once the result is there (a kill in between leaves last.pt at "training over": predictions redone)
     if dist.is_main:
-        replace_text(fold_dir / "result.json", json.dumps(result))
+        RunFolder.write_json(folder.result(fold), result.to_json())
         last_path.unlink(missing_ok=True)
         tracker.end_fold(fold)
     return result
 
 
-def choose_precision(cfg: Config, run_dir: Path, device, dist: distributed.Dist) -> dict:
-    """Resolve `train.precision: auto` once per run (precision.json, first process wins) and set cfg.train."""
-    path = run_dir / "precision.json"
+def choose_precision(cfg: Config, folder: RunFolder, device, dist: distributed.Dist) -> dict:
+    """Resolve `train.precision: auto` once per run (precision.json, first process wins). Returns the choice;
+    the caller trains with `with_precision(cfg, choice)`, and the saved config keeps `auto`."""
+    path = folder.precision
     if cfg.train.precision != "auto":
         return {"auto": False, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last}
     if path.is_file():
-        choice = json.loads(path.read_text())
+        choice = RunFolder.read_json(path)
         log.info(f"precision auto: {choice['precision']} with channels_last={choice['channels_last']} "
                  f"(measured earlier, {path})")
-    else:
-        log.info("precision auto: timing fp32/bf16" + ("/fp16" if device.type == "cuda" else "")
-                 + " x channels_last on/off ...")
-        choice = precision_auto.measure(cfg, device)
-        if dist.enabled:  # every rank must train with rank 0's choice
-            choice = distributed.broadcast(choice, dist)
-        existing = publish_once(path, json.dumps(choice, indent=1)) if dist.is_main else None
-        if existing is not None:  # a concurrent --fold process measured first: use its choice
-            choice = json.loads(existing)
-        log.info(precision_auto.describe(choice))
-    cfg.train.precision = choice["precision"]
-    cfg.train.channels_last = choice["channels_last"]
+        return choice
+    log.info("precision auto: timing fp32/bf16" + ("/fp16" if device.type == "cuda" else "")
+             + " x channels_last on/off ...")
+    choice = precision_auto.measure(cfg, device)
+    if dist.enabled:  # every rank must train with rank 0's choice
+        choice = distributed.broadcast(choice, dist)
+    existing = RunFolder.publish_once(path, json.dumps(choice, indent=1)) if dist.is_main else None
+    if existing is not None:  # a concurrent --fold process measured first: use its choice
+        choice = json.loads(existing)
+    log.info(precision_auto.describe(choice))
     return choice
 
 
-def _write_summary(cfg: Config, run_dir: Path, prep: Prepared, per_seed: dict[int, list], tracker: Tracker,
-                   choice: dict, started: float | None = None) -> dict:
-    summary = write_seed_outputs(cfg, run_dir, prep, per_seed, tracker, started=started)
-    summary["precision"] = choice
-    replace_text(run_dir / "summary.json", json.dumps(summary, indent=1))
-    if len(per_seed) == 1:
-        tracker.merge_metrics([r["fold"] for r in next(iter(per_seed.values()))])
+def with_precision(cfg: Config, choice: dict) -> Config:
+    """The config the folds train with: `auto` resolved to the measured precision (a new object; the run's
+    config.yaml keeps what the user wrote)."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"precision": choice["precision"], "channels_last": choice["channels_last"]})})
+
+
+def _panel(cfg: Config, folder: RunFolder, prep: Prepared, outcome, deployment: Deployment) -> None:
+    """The Grad-CAM panel of the finished run, drawn from the pixels already decoded; a failure here costs the
+    picture, never the finished run."""
+    if not (cfg.report.cam_panel and cfg.tracking.log_images and outcome.test):  # no patient pixels when off
+        return
+    from pipeline.deploy.cam import report_cam_panel
+    from pipeline.deploy.finished import FinishedRun
+    from pipeline.model.checkpoint import load_checkpoint
+
+    try:
+        first = {}
+        for i, s in enumerate(prep.decoded.samples):
+            first.setdefault(s.image_text, i)
+        fields = probability_fields(cfg.task)
+        rows = [{"image": it["image"], "label": it["label"],
+                 **dict(zip(fields, class_matrix(cfg.task, [it["prob"]])[0], strict=True))} for it in outcome.test]
+        run = FinishedRun(folder, cfg, deployment, tuple(load_checkpoint(p) for _, p in folder.checkpoint_paths()))
+        report_cam_panel(run, rows, lambda image: decoded_pixels(cfg, prep.decoded, first[image]))
+    except Exception as exc:  # the run's results are already written
+        log.warning(f"grad-cam panel not drawn: {type(exc).__name__}: {exc}")
+
+
+def finish(cfg: Config, folder: RunFolder, prep: Prepared, per_seed: dict[int, list[FoldResult]], tracker: Tracker,
+           choice: dict, started: float | None = None) -> Summary:
+    """Every output of a finished run, each written once: per-seed folders (repeated seeds), predictions,
+    summary.json, deployment.json, the Grad-CAM panel, report.md and the TensorBoard summary."""
+    seeds = list(per_seed)
+    outcomes = summarize_seeds(cfg, prep, per_seed, started=started)
+    if len(seeds) > 1:
+        for s, o in outcomes.per_seed.items():
+            sub = folder.seed(s, len(seeds))
+            write_predictions(sub, o, cfg.task)
+            write_summary(sub, o.summary)
+            write_report(sub, o.summary.to_json(), o.oof, o.test, seed_config(cfg, s))
+    summary = outcomes.run.summary.with_(precision=choice)
+    outcome = replace(outcomes.run, summary=summary)
+    write_predictions(folder, outcome, cfg.task)
+    write_summary(folder, summary)
+    trained = next(iter(per_seed.values()))[0] if per_seed and next(iter(per_seed.values())) else None
+    deployment = Deployment(
+        task=cfg.task, model=cfg.model.model_copy(update={"stem": trained.stem_strategy if trained else cfg.model.stem}),
+        normalization=Normalization.from_dict(trained.normalization) if trained else None,
+        data=cfg.data, precision=choice["precision"], channels_last=choice["channels_last"],
+        threshold=summary.threshold, folds=tuple(f["fold"] for f in summary.folds), seeds=tuple(seeds),
+        hide_file_names=cfg.privacy.hide_file_names)
+    write_deployment(folder, deployment)
+    _panel(cfg, folder, prep, outcome, deployment)
+    write_report(folder, summary.to_json(), outcome.oof, outcome.test, cfg, tracker)
+    track_summary(cfg, summary, tracker)
+    if len(seeds) == 1:
+        tracker.merge_metrics([r.fold for r in per_seed[seeds[0]]])
     return summary
 
 
-def aggregate(run_dir: Path, cfg: Config) -> dict:
+def aggregate(folder: RunFolder, cfg: Config) -> Summary:
     """`--aggregate RUN`: summary, report, predictions and TensorBoard summary from the finished folds
     (fold_K/result.json) of a run whose folds ran as separate processes."""
     if cfg.train.repeats > 1:
-        raise ConfigError(f"--aggregate {run_dir}: runs with train.repeats > 1 are aggregated by the run itself")
-    missing = [k for k in range(cfg.cv.folds) if not (run_dir / f"fold_{k}" / "result.json").is_file()]
+        raise ConfigError(f"--aggregate {folder}: runs with train.repeats > 1 are aggregated by the run itself")
+    prep = prepare_from_run(cfg, folder)
+    n_folds = prep.splits.n_folds
+    missing = [k for k in range(n_folds) if not folder.result(k).is_file()]
     if missing:
-        running = [k for k in missing if last_checkpoint_path(run_dir, k).is_file()]
-        raise ConfigError(f"--aggregate {run_dir}: fold(s) {', '.join(map(str, missing))} of {cfg.cv.folds} not "
-                          "finished (no fold_K/result.json" + (f"; {', '.join(map(str, running))} started" if running
-                          else "") + "); run them with --output-dir RUN --fold K")
+        running = [k for k in missing if folder.last(k).is_file()]
+        raise ConfigError(f"--aggregate {folder}: fold(s) {', '.join(map(str, missing))} of {n_folds} not "
+                          f"finished (no fold_K/{RunFolder.RESULT}" + (f"; {', '.join(map(str, running))} started"
+                          if running else "") + "); run them with --output-dir RUN --fold K")
     set_track_meta(False)
-    prep = prepare_without_decoding(cfg, run_dir)
-    results = [json.loads((run_dir / f"fold_{k}" / "result.json").read_text()) for k in range(cfg.cv.folds)]
+    results = [FoldResult.from_json(RunFolder.read_json(folder.result(k))) for k in range(n_folds)]
     n = len(prep.decoded.samples)
-    if any(i >= n for r in results for i in r["val"]["indices"]):
-        raise ConfigError(f"--aggregate {run_dir}: fold results index samples the manifest no longer has")
-    precision_file = run_dir / "precision.json"
-    choice = (json.loads(precision_file.read_text()) if precision_file.is_file()
-              else {"auto": False, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last})
-    tracker = Tracker(run_dir)
-    config_file = run_dir / "config.yaml"
-    tracker.text(Tags.CONFIG, "```\n" + config_file.read_text() + "\n```")
+    if any(i >= n for r in results for i in r.val.indices):
+        raise ConfigError(f"--aggregate {folder}: fold results index samples the run's {RunFolder.SAMPLES} lacks")
+    choice = RunFolder.read_json(folder.precision) or {
+        "auto": False, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last}
+    tracker = Tracker(folder.root)
+    tracker.text(Tags.CONFIG, "```\n" + folder.config.read_text() + "\n```")
     try:
-        return _write_summary(cfg, run_dir, prep, {cfg.train.seed: results}, tracker, choice)
+        return finish(cfg, folder, prep, {cfg.train.seed: results}, tracker, choice)
     finally:
         tracker.close()
 
 
-def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: bool = False,
+def run(cfg: Config, run_dir: Path | RunFolder, *, folds: list[int] | None = None, resume: bool = False,
         dry_run: bool = False, dist: distributed.Dist = distributed.SINGLE,
-        device: torch.device | None = None) -> dict | None:
+        device: torch.device | None = None) -> Summary | None:
+    folder = RunFolder.of(run_dir)
     started = time.time()
     set_determinism(seed=cfg.train.seed)
     set_track_meta(False)  # plain tensors through every MONAI transform: no MetaTensor bookkeeping per sample
@@ -270,7 +294,7 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
     log.info(f"model: {cfg.model.backbone} ({cfg.model.pretrained} weights, {probe.stem} stem); "
              f"input normalisation mean {list(probe.norm.mean)} std {list(probe.norm.std)}")
     del probe
-    prep = prepare(cfg, run_dir, resume=resume, main_rank=dist.is_main)
+    prep = prepare(cfg, folder, main_rank=dist.is_main)
     if dry_run:
         n_test = len(prep.splits.test_indices(prep.decoded.samples))
         log.info(f"dry run: config and data are valid; {len(prep.decoded.samples)} samples, "
@@ -281,44 +305,44 @@ def run(cfg: Config, run_dir: Path, *, folds: list[int] | None = None, resume: b
     for k in todo:
         if not 0 <= k < n_folds:
             raise ConfigError(f"--fold {k}: must be between 0 and {n_folds - 1} (cv.folds or the fold column)")
-    choice = choose_precision(cfg, run_dir, device, dist)
+    choice = choose_precision(cfg, folder, device, dist)
+    tcfg = with_precision(cfg, choice)
     # a part of the folds (`--fold K`, maybe one of many processes on one RUN) writes only its fold_K files;
     # `--aggregate RUN` writes the summary once they are all there
     whole = sorted(set(todo)) == list(range(n_folds))
-    tracker = Tracker(run_dir, enabled=dist.is_main, log_images=cfg.tracking.log_images)
+    tracker = Tracker(folder.root, enabled=dist.is_main, log_images=cfg.tracking.log_images)
     if whole:
         # the resolved config beside the curves, so a TensorBoard view says what produced them
-        config_file = run_dir / "config.yaml"
-        tracker.text(Tags.CONFIG, "```\n" + config_file.read_text() + "\n```" if config_file.exists() else "")
+        tracker.text(Tags.CONFIG, "```\n" + folder.config.read_text() + "\n```" if folder.config.exists() else "")
     seeds = training_seeds(cfg)
-    per_seed: dict[int, list[dict]] = {}
+    per_seed: dict[int, list[FoldResult]] = {}
     trackers = [tracker]
     try:
         for seed in seeds:
             # the same folds for every seed; fold_K/ for one seed, seed_S/fold_K/ (with its own event folders
             # and logs) when repeated
-            base, scfg = seed_dir(run_dir, seed, len(seeds)), seed_config(cfg, seed)
+            base, scfg = folder.seed(seed, len(seeds)), seed_config(tcfg, seed)
             seed_tracker = tracker
-            if base != run_dir:
-                seed_tracker = Tracker(base, enabled=dist.is_main, log_images=cfg.tracking.log_images)
+            if base != folder:
+                seed_tracker = Tracker(base.root, enabled=dist.is_main, log_images=cfg.tracking.log_images)
                 trackers.append(seed_tracker)
             if seed != cfg.train.seed:
                 set_determinism(seed=seed)
                 log.info(f"seed {seed} ({seed - cfg.train.seed + 1} of {len(seeds)})")
             results = per_seed[seed] = []
             for k in todo:
-                done = base / f"fold_{k}" / "result.json"
+                done = base.result(k)
                 if resume and done.exists():
                     log.info(f"fold {k}: already finished, reusing {done}")
-                    results.append(json.loads(done.read_text()))
+                    results.append(FoldResult.from_json(RunFolder.read_json(done)))
                     continue
                 results.append(train_fold(scfg, k, prep, base, device, seed_tracker, dist, resumable=resume))
         summary = None
         if dist.is_main and whole:
-            summary = _write_summary(cfg, run_dir, prep, per_seed, tracker, choice, started)
+            summary = finish(cfg, folder, prep, per_seed, tracker, choice, started)
         elif dist.is_main:
-            log.info(f"fold(s) {', '.join(map(str, todo))} finished in {run_dir}; once every fold is: "
-                     f"python train.py --aggregate {run_dir}")
+            log.info(f"fold(s) {', '.join(map(str, todo))} finished in {folder}; once every fold is: "
+                     f"python train.py --aggregate {folder}")
     finally:
         for t in trackers:
             t.close()
