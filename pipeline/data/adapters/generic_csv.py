@@ -25,6 +25,18 @@ def _fold(text: str, base: int, where: str) -> int | None:
         raise DataError(f"{where}: fold {t!r} is not a number") from None
 
 
+def _fold_base(records: list[dict], col: str | None) -> int:
+    """Published folds may count from 1: the smallest number present becomes fold 0 (a value that is no
+    number is reported with its row by _fold)."""
+    values = []
+    for r in records:
+        try:
+            values.append(int(float(r[col])))
+        except (ValueError, TypeError, KeyError):
+            continue
+    return min(values, default=0)
+
+
 def read(source: Path, opts: Options) -> Collected:
     if not source.is_file():
         raise DataError(f"{source}: the csv format takes the CSV file as SOURCE")
@@ -32,9 +44,7 @@ def read(source: Path, opts: Options) -> Collected:
     cols = [opts.image_col, opts.label_col, *(c for c in (opts.patient_col, opts.fold_col, opts.split_col) if c),
             *opts.meta_cols]
     require_columns(records, cols, source)
-    # published folds may count from 1: the smallest value present is fold 0
-    base = min((int(float(r[opts.fold_col])) for r in records if opts.fold_col and (r[opts.fold_col] or "").strip()),
-               default=0)
+    base = _fold_base(records, opts.fold_col)
     regex = re.compile(opts.patient_regex) if opts.patient_regex else None
     rows, left = [], []
     for line, rec in enumerate(records, start=2):

@@ -69,11 +69,11 @@ def read(source: Path, opts: Options) -> Collected:
             Image.fromarray(pixels).save(out / rel)
             key = _digest(pixels)
             first = owner.setdefault(key, (split, rel))
-            groups[key].append(rel)
             if split == "test" and first[0] == "train":
                 left.append(LeftOut(rel, f"same pixels as {first[1]} of the train/val pool (a leak across the "
                                          "official split)"))
                 continue
+            groups[key].append(rel)
             if multilabel:
                 rows.append(Row(image=rel, findings={n: float(v) for n, v in zip(names, lab, strict=True)},
                                 split=split, meta={"medmnist_split": part}))
