@@ -193,7 +193,7 @@ def chexpert(tmp_path) -> Path:
     valid = [("valid/patient64541/study1/view1_frontal.jpg", "Male", 73, "Frontal", "AP",
               obs(Edema="0.0", Cardiomegaly="1.0"))]
     for split, entries in (("train", train), ("valid", valid)):
-        for i, e in enumerate(entries):
+        for e in entries:
             p = root / e[0]
             p.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(RNG.integers(0, 256, (40, 36), dtype=np.uint8)).save(p, quality=95)
@@ -321,7 +321,7 @@ def test_bus_bra_published_folds_metadata_and_masks(tmp_path, capsys):
         png(src / "Masks" / f"mask_{c[0][4:]}.png", seed=i + 10)
     write_csv(src / "bus_data.csv", ["ID", "Case", "Pathology", "Histology", "BIRADS", "Device", "Side", "Plane"],
               [[*c, "transverse"] for c in cases])
-    write_csv(src / "5-fold-cv.csv", ["ID", "Case", "kFold"], [[c[0], c[1], f] for c, f in zip(cases, (1, 1, 5, 3))])
+    write_csv(src / "5-fold-cv.csv", ["ID", "Case", "kFold"], [[c[0], c[1], f] for c, f in zip(cases, (1, 1, 5, 3), strict=True)])
     rows, left, text = run(capsys, "bus-bra", src, "--out", tmp_path / "o")
     r = by_name(rows)
     assert sorted(r) == ["bus_0001-l.png", "bus_0001-r.png", "bus_0002-l.png"]  # masks are not images
