@@ -15,6 +15,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from pipeline.cli import main as train_main
+from pipeline.commands import main as graystem
 from pipeline.tools.prepare_dataset import main as prepare
 
 RNG = np.random.default_rng(0)
@@ -53,7 +54,7 @@ def write_csv(path: Path, header: list[str], rows: list[list], gz=False) -> None
 
 def run(capsys, *args) -> tuple[list[dict], list[dict], str]:
     out = Path(args[args.index("--out") + 1])
-    assert prepare([str(a) for a in args]) == 0
+    assert graystem(["prepare", *map(str, args)]) == 0  # as `graystem prepare ...` runs it
     text = capsys.readouterr().out
     with (out / "manifest.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -68,7 +69,7 @@ def by_name(rows: list[dict]) -> dict[str, dict]:
 
 def dry_run(capsys, config: str, manifest: Path, run: Path, *sets: str) -> str:
     args = ["--config", config, "--set", f"data.manifest={manifest}", "--set", "data.demo=null",
-            "--set", "data.image_size=32", "--set", "data.min_size=8", "--set", "cv.folds=2",
+            "--set", "data.image_size=32", "--set", "cv.folds=2",
             "--set", "train.progress=false", *[x for s in sets for x in ("--set", s)], "--output-dir", str(run),
             "--dry-run"]
     assert train_main(args) == 0, capsys.readouterr()
@@ -97,10 +98,13 @@ def test_medmnist_pngs_splits_copies_and_a_dry_run_at_28_px(tmp_path, capsys):
     assert np.array_equal(np.asarray(Image.open(out / "images/val/val_00003.png")), imgs["val"][3])
     assert "1 images repeat another image's pixels exactly (1 groups" in text
     assert "no patient ids" in text
-    # the medmnist config takes 28-px images (the chest config's min_size=32 refuses them)
-    done = dry_run(capsys, "medmnist", out / "manifest.csv", tmp_path / "run", "data.min_size=28")
+    # the medmnist config takes 28-px images as they are; the chest config's min_size=32 refuses them
+    done = dry_run(capsys, "medmnist", out / "manifest.csv", tmp_path / "run")
     assert "dry run: config and data are valid; 21 samples" in done and "5 test samples" in done
     assert "1 images without a patient id repeat another image's pixels exactly" in done
+    assert train_main(["--config", "chest_xray", "--set", f"data.manifest={out / 'manifest.csv'}", "--set",
+                       "data.demo=null", "--output-dir", str(tmp_path / "chest"), "--dry-run"]) == 2
+    assert "data.min_size=32" in capsys.readouterr().err
 
 
 def test_medmnist_multilabel_chestmnist(tmp_path, capsys):
