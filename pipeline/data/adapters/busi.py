@@ -35,4 +35,4 @@ def read(source: Path, opts: Options) -> Collected:
     return Collected(rows=tuple(rows), left_out=tuple(left), positive="malignant",
                      notes=("BUSI has no patient ids and holds exact and near copies: exact copies are grouped at "
                             "training time, near copies are not, so cross-validated figures are optimistic",
-                            "benign vs malignant: --classes benign,malignant leaves 'normal' out"))
+                            "'normal' (no lesion) is a third class: --classes benign,malignant makes the binary task"))

@@ -92,9 +92,9 @@ def train_hint(collected: Collected, manifest: Path, config: str) -> str:
         classes = ", ".join(sorted({r.label for r in collected.rows}))
         n = len({r.label for r in collected.rows})
         kind = "binary" if n == 2 else "multiclass"
-        positive = collected.positive if kind == "binary" and collected.positive else "null"
-        task = f"--set task.type={kind} --set 'task.classes=[{classes}]' --set 'task.positive_class={positive}'"
+        task = f"--set task.type={kind} --set 'task.classes=[{classes}]'"
+        if kind == "binary" and collected.positive:  # else the config's rule: the last class is scored
+            task += f" --set 'task.positive_class={collected.positive}'"
     if not any(r.split == "test" for r in collected.rows):  # no published test set: hold out a fifth
         task += " --set cv.test_fraction=0.2"
-    return (f"python train.py --config {config} --set data.manifest={manifest} --set data.demo=null {task} "
-            "--dry-run")
+    return f"graystem train --config {config} --set data.manifest={manifest} --set data.demo=null {task} --dry-run"
