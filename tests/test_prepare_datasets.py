@@ -372,15 +372,19 @@ def test_generic_csv_columns_folds_and_what_is_left_out(tmp_path, capsys):
     src = tmp_path / "set"
     for i in range(4):
         png(src / "img" / f"{i}.png", seed=i)
-    write_csv(src / "labels.csv", ["file", "dx", "mrn", "cv", "part", "scanner"],
+    write_csv(src / "labels.csv", ["file", "dx", "mrn", "fold", "part", "scanner"],
               [["img/0.png", "benign", "A", 1, "dev", "X"], ["img/1.png", "malignant", "B", 2, "dev", "Y"],
                ["img/2.png", "", "C", 1, "dev", "X"], ["img/3.png", "benign", "D", "", "test", "Y"],
                ["img/9.png", "benign", "E", 2, "dev", "X"]])
     rows, left, _ = run(capsys, "csv", src / "labels.csv", "--out", tmp_path / "o", "--image-col", "file",
-                        "--label-col", "dx", "--patient-col", "mrn", "--fold-col", "cv", "--split-col", "part",
+                        "--label-col", "dx", "--patient-col", "mrn", "--fold-col", "fold", "--split-col", "part",
                         "--meta-cols", "scanner")
     assert [(r["label"], r["patient_id"], r["fold"], r["split"], r["scanner"]) for r in rows] == [
         ("benign", "A", "0", "train", "X"), ("malignant", "B", "1", "train", "Y"), ("benign", "D", "", "test", "Y")]
     assert sorted(x["reason"] for x in left) == ["blank dx in row 4", "named in labels.csv row 6 but the file is missing"]
     assert prepare(["csv", str(src / "labels.csv"), "--out", str(tmp_path / "x"), "--label-col", "diagnosis"]) == 2
     assert "missing column(s) ['image', 'diagnosis']" in capsys.readouterr().err
+    assert prepare(["csv", str(src / "labels.csv"), "--out", str(tmp_path / "y"), "--image-col", "file",
+                    "--label-col", "dx", "--fold-col", "fold", "--meta-cols", "fold"]) == 2
+    assert "metadata column(s) ['fold'] would overwrite" in capsys.readouterr().err
+    assert not (tmp_path / "y" / "manifest.csv").exists()

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.data.adapters.common import Collected, Row
+from pipeline.errors import DataError
 
 
 def _cell(v: float | None) -> str:
@@ -21,8 +22,8 @@ def columns(collected: Collected) -> list[str]:
     if any(r.fold is not None for r in rows):
         cols.append("fold")
     meta = dict.fromkeys(k for r in rows for k in r.meta)  # first-seen order, each once
-    clash = [k for k in meta if k in cols]
-    assert not clash, f"metadata columns {clash} clash with manifest columns"  # an adapter's bug, not user input
+    if clash := [k for k in meta if k in cols]:  # --meta-cols label, or a finding named like a metadata column
+        raise DataError(f"metadata column(s) {clash} would overwrite the manifest's own columns {cols}")
     return cols + list(meta)
 
 
@@ -38,10 +39,11 @@ def _record(r: Row, collected: Collected) -> dict:
 
 def write(collected: Collected, out: Path) -> tuple[Path, Path]:
     """manifest.csv and left_out.csv (always written: an empty list is news too)."""
+    fields = columns(collected)  # before any file is opened: a clash leaves no half-written manifest
     out.mkdir(parents=True, exist_ok=True)
     manifest, left = out / "manifest.csv", out / "left_out.csv"
     with manifest.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns(collected), extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(_record(r, collected) for r in collected.rows)
     with left.open("w", newline="") as fh:
