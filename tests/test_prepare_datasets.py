@@ -169,10 +169,15 @@ def test_nih_one_finding_vs_no_finding(nih, tmp_path, capsys):
     assert "'task.positive_class=Pneumonia'" in text
 
 
-def test_unknown_finding_is_one_line_and_exit_2(nih, tmp_path, capsys):
-    assert prepare(["nih-cxr14", str(nih), "--out", str(tmp_path / "o"), "--finding", "Covid"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --finding 'Covid'") and "\n" not in err
+def test_bad_input_is_one_line_and_exit_2(nih, tmp_path, capsys):
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 truncated download")
+    for args, start in [(["nih-cxr14", nih, "--finding", "Covid"], "error: --finding 'Covid'"),
+                        (["medmnist", tmp_path / "cut.npz"], f"error: {tmp_path / 'cut.npz'}: not a readable .npz"),
+                        (["image-folder", nih, "--patient-regex", "person(\\d+"], "error: --patient-regex"),
+                        (["busi", tmp_path / "absent"], f"error: {tmp_path / 'absent'}: no such file")]:
+        assert prepare([*map(str, args), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(start) and "\n" not in err, err
 
 
 # --- CheXpert and MIMIC-CXR-JPG -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +20,8 @@ from pipeline.data.adapters.common import UNCERTAIN_POLICIES, VIEWS, VOTES, Coll
 from pipeline.data.adapters.writer import summary, train_hint, write
 from pipeline.errors import DataError, exits_on_error
 
-CONFIG = {"medmnist": "medmnist", "bus-bra": "ultrasound", "busi": "busi", "image-folder": "chest_xray",
-          "csv": "chest_xray"}  # the built-in config a format's hint starts from; chest X-ray sets: chest_xray
+CONFIG = {"medmnist": "medmnist", "bus-bra": "busi", "busi": "busi", "image-folder": "chest_xray",
+          "csv": "chest_xray"}  # the built-in config a format's hint starts from (busi: still breast B-mode PNGs); the rest: chest_xray
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="formats:\n" + "\n".join(f"  {k:<15} {v[1]}" for k, v in FORMATS.items()))
     p.add_argument("format", choices=list(FORMATS), metavar="FORMAT", help="one of: " + ", ".join(FORMATS))
-    p.add_argument("source", type=Path, help="the data set's folder as downloaded (csv, medmnist: the file)")
+    p.add_argument("source", type=Path, metavar="SOURCE", help="the data set's folder as downloaded (csv, medmnist: the file)")
     p.add_argument("--out", type=Path, required=True, help="folder for manifest.csv and left_out.csv")
     p.add_argument("--finding", help="chest sets: a binary task, this finding vs 'No Finding' (default: "
                                      "multi-label, one column per finding)")
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not args.source.exists():
         raise DataError(f"{args.source}: no such file or folder")
+    if args.patient_regex:
+        try:
+            re.compile(args.patient_regex)
+        except re.error as exc:
+            raise DataError(f"--patient-regex: not a valid regular expression ({exc})") from None
     opts = Options(finding=args.finding, uncertain=args.uncertain, view=args.view, rad_vote=args.rad_vote,
                    patient_regex=args.patient_regex, image_col=args.image_col, label_col=args.label_col,
                    patient_col=args.patient_col, fold_col=args.fold_col, split_col=args.split_col,

@@ -12,6 +12,7 @@ of the test set: grouping them would put one "patient" in both).
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,8 +35,11 @@ PARTS = (("train", "train"), ("val", "train"), ("test", "test"))
 def _load(source: Path) -> dict[str, np.ndarray]:
     if source.suffix != ".npz" or not source.is_file():
         raise DataError(f"{source}: the medmnist format takes a MedMNIST .npz file as SOURCE")
-    with np.load(source) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    try:
+        with np.load(source) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:  # truncated download, not an npz
+        raise DataError(f"{source}: not a readable .npz file ({exc})") from None
     need = [f"{p}_{k}" for p, _ in PARTS for k in ("images", "labels")]
     if missing := [k for k in need if k not in arrays]:
         raise DataError(f"{source}: not a MedMNIST 2D file, missing arrays {missing} (found {sorted(arrays)})")

@@ -97,6 +97,7 @@ def train_hint(collected: Collected, manifest: Path, config: str) -> str:
         task = f"--set task.type={kind} --set 'task.classes=[{classes}]'"
         if kind == "binary" and collected.positive:  # else the config's rule: the last class is scored
             task += f" --set 'task.positive_class={collected.positive}'"
-    if not any(r.split == "test" for r in collected.rows):  # no published test set: hold out a fifth
+    if not any(r.split == "test" or r.fold is not None for r in collected.rows):
+        # no published test set nor folds: hold out a fifth (published folds are the whole evaluation)
         task += " --set cv.test_fraction=0.2"
     return f"graystem train --config {config} --set data.manifest={manifest} --set data.demo=null {task} --dry-run"
