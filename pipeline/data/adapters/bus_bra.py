@@ -71,7 +71,6 @@ def read(source: Path, opts: Options) -> Collected:
         case = rec.get("Case", "").strip() or (m.group(1) if (m := CASE.match(image_id)) else "")
         rows.append(Row(image=image, label=label, patient_id=case, fold=folds.get(image_id),
                         meta={out: rec.get(col, "").strip() for col, out in META.items()}))
-    left += [LeftOut(x.image, x.reason) for x in unlabelled(by_stem, {r["ID"].strip() for r in records},
-                                                             label_path.name)]
+    left += unlabelled(by_stem, {r["ID"].strip() for r in records}, label_path.name)
     return Collected(rows=tuple(rows), left_out=tuple(left), positive="malignant",
                      notes=(fold_note, "segmentation masks (Masks/, mask_*.png) are not images: not listed"))

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from pipeline.data.adapters.common import (
     Collected,
-    LeftOut,
     Options,
     Row,
     check_finding,
@@ -92,7 +91,7 @@ def read(source: Path, opts: Options) -> Collected:
             rows.append(Row(image=image, label=label, findings=findings, patient_id=patient, split=split,
                             meta=meta))
     found = {str(p.resolve()): p for p in walk_files(source, (".jpg", ".png"))}
-    left += [LeftOut(x.image, "no row in train.csv or valid.csv") for x in unlabelled(found, named, "")]
+    left += unlabelled(found, named, "train.csv or valid.csv")
     notes = [f"uncertain labels (-1) read as --uncertain {opts.uncertain}",
              "valid.csv (radiologist consensus) is split=test; train.csv is the cross-validation pool"]
     return Collected(rows=tuple(rows), left_out=tuple(left), findings=() if opts.finding else FINDINGS,

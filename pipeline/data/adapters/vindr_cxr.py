@@ -77,8 +77,7 @@ def read(source: Path, opts: Options) -> Collected:
             rows.append(Row(image=image, label=label, findings=findings, patient_id=head["PatientID"],
                             split=split, meta={"patient_sex": head["PatientSex"], "patient_age": head["PatientAge"],
                                                "raters": str(len(recs))}))
-    left += [LeftOut(x.image, "no row in the image_labels_*.csv files")
-             for x in unlabelled({Path(n).stem: p for n, p in found.items()}, named, "")]
+    left += unlabelled(by_stem, named, "the image_labels_*.csv files")
     notes = [f"radiologists combined by --rad-vote {opts.rad_vote} (1 to {max(raters, default=0)} per image)"]
     if not any(r.patient_id for r in rows):
         notes.append("the DICOM headers carry no PatientID (de-identified): each image counts as its own patient")
