@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from pipeline.data.adapters.common import Collected, LeftOut, Options, Row, read_table, require_columns
-from pipeline.data.adapters.image_folder import patient_from_name
+from pipeline.data.manifest import patient_from_path
 from pipeline.errors import DataError
 
 TEST_WORDS = ("test", "testing", "holdout")
@@ -59,7 +59,7 @@ def read(source: Path, opts: Options) -> Collected:
             pid = (rec[opts.patient_col] or "").strip() if opts.patient_col else ""
             split = "test" if opts.split_col and rec[opts.split_col].strip().lower() in TEST_WORDS else "train"
             rows.append(Row(image=str(path.resolve()), label=label,
-                            patient_id=pid or patient_from_name(regex, path.name), split=split,
+                            patient_id=pid or patient_from_path(regex, path.name), split=split,
                             fold=_fold(rec[opts.fold_col], base, f"{source.name} row {line}") if opts.fold_col else None,
                             meta={c: (rec[c] or "").strip() for c in opts.meta_cols}))
     notes = [] if opts.patient_col or regex else ["no --patient-col: no patient ids (each image its own patient)"]

@@ -12,19 +12,11 @@ import re
 from pathlib import Path
 
 from pipeline.data.adapters.common import Collected, LeftOut, Options, Row, walk_files
+from pipeline.data.manifest import patient_from_path
 from pipeline.errors import DataError
 from pipeline.vocab import DICOM_SUFFIXES, RASTER_SUFFIXES
 
 SPLITS = {"train": "train", "val": "train", "valid": "train", "validation": "train", "test": "test"}
-
-
-def patient_from_name(regex: re.Pattern | None, name: str) -> str:
-    m = regex.search(name) if regex else None
-    if not m:
-        return ""
-    if "patient" in regex.groupindex:
-        return m.group("patient") or ""
-    return next((g for g in m.groups() if g), m.group(0))
 
 
 def read(source: Path, opts: Options) -> Collected:
@@ -41,7 +33,7 @@ def read(source: Path, opts: Options) -> Collected:
             left.append(LeftOut(image, "not inside a class folder" + (" of train/, val/ or test/" if split_layout
                                                                       else "")))
             continue
-        pid = patient_from_name(regex, path.name)
+        pid = patient_from_path(regex, path.name)  # the manifest's own rule for data.patient_regex
         if regex and not pid:
             left.append(LeftOut(image, f"--patient-regex does not match {path.name!r}"))
             continue
