@@ -17,6 +17,7 @@ COMMANDS = {
     "export": ("pipeline.tools.export", "TorchScript file of a run's fold model(s), normalisation baked in"),
     "audit": ("pipeline.tools.audit", "formats, labels per fold, duplicates and leaks of a data set"),
     "cache": ("pipeline.tools.cache", "what the disk cache holds; prune it by last use or size"),
+    "prepare": ("pipeline.tools.prepare_dataset", "manifest from a public data set in its published layout"),
     "index": ("pipeline.tools.index_dicom", "manifest CSV from a folder of DICOM files"),
     "preview": ("pipeline.tools.preview", "what the network sees for one file"),
     "check-stem": ("pipeline.tools.check_stem", "check a 1-channel stem conversion against the 3-channel model"),

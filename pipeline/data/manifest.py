@@ -123,7 +123,7 @@ def expand_frames(path: Path, explicit: str, data: DataConfig) -> list[int | Non
     return [None]  # middle / first: the reader picks
 
 
-def _patient_from_path(regex: re.Pattern | None, image_text: str) -> str:
+def patient_from_path(regex: re.Pattern | None, image_text: str) -> str:
     m = regex.search(image_text) if regex else None
     if not m:
         return ""
@@ -207,7 +207,7 @@ def load_manifest(cfg: Config) -> Manifest:
                 raise DataError(f"{where}: fold must be a non-negative integer or blank, got '{fold_text}'")
             pid = (rec.get(cfg.data.patient_column) or "").strip() if has_pid else ""
             if not pid:
-                pid = _patient_from_path(regex, image_text)
+                pid = patient_from_path(regex, image_text)
             if not pid and image.suffix.lower() in DICOM_SUFFIXES:
                 pid = _dicom_patient_id(image) or ""
             try:
