@@ -1,5 +1,6 @@
 """The persistent decode cache (data.cache: disk): what misses it, that it serves exactly the memory cache's
-pixels, that concurrent writers leave it valid, and a 20,000-image dry run in bounded memory."""
+pixels, that concurrent writers leave it valid, and a 6,000-image dry run in bounded memory (the 20,000-image
+figure is `graystem benchmark --suite scale`'s)."""
 
 import json
 import os
@@ -217,12 +218,14 @@ def test_threads_and_auto_loader_workers():
     assert loader_workers(load_config("smoke", ["data.num_workers=3"]), cpu) == 3
 
 
-N_SCALE = 20_000
+# large enough that holding the decoded set or per-file state in memory would show; the 20,000-image run and
+# its timings are the scale benchmark's, not the test suite's
+N_SCALE = 6_000
 
 
 @pytest.fixture(scope="session")
 def large_manifest(tmp_path_factory) -> Path:
-    """20,000 16x16 PNGs of two classes, two images per patient."""
+    """N_SCALE 16x16 PNGs of two classes, two images per patient."""
     root = tmp_path_factory.mktemp("scale")
     rng = np.random.default_rng(1)
     names = []
@@ -244,7 +247,7 @@ def _dry_run(manifest: Path, cache: Path, run: Path) -> str:
     return done.stdout
 
 
-def test_20k_image_dry_run_with_a_disk_cache_stays_small_and_the_second_is_served_from_the_cache(
+def test_large_dry_run_with_a_disk_cache_stays_small_and_the_second_is_served_from_the_cache(
         large_manifest, tmp_path):
     cache = tmp_path / "cache"
     first = _dry_run(large_manifest, cache, tmp_path / "run1")
