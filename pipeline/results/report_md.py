@@ -117,6 +117,11 @@ def write_report(run_dir: Path, summary: dict, oof, test, cfg, tracker=None) -> 
                 how += f", deff {deff[k]:.2f}"
             lines.append(f"| {k} | {_fmt(t.get(k))} | {_ci(ci.get(k))} | {how} |")
         lines += ["", INTERVALS]
+    from pipeline.results.cautions import cautions
+
+    notes = cautions(summary, [it["target"] for it in oof], [it["prob"] for it in oof])
+    if notes:
+        lines += ["", "## Read with care", "", *(f"- {n}" for n in notes)]
     lines += ["", "## Confusion matrix", "", *_confusion(summary, t or summary["oof"], "test" if t else "out-of-fold")]
     lines += _operating_points(summary.get("operating_points"))
 
