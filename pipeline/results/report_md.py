@@ -140,8 +140,11 @@ def write_report(run_dir: Path, summary: dict, oof, test, cfg, tracker=None) -> 
         lines += ["", f"![{name}]({name}.png)"]
     if (run_dir / "cam_panel.png").is_file():  # pipeline.deploy.cam.report_cam_panel (report.cam_panel)
         lines += ["", "## Where the fold ensemble looks (Grad-CAM, test set)", "",
-                  "Most confident correct test images per class and the most confident errors; each map is of the "
-                  "class the ensemble decided. A map on a corner marker or text instead of anatomy is a shortcut.",
+                  "Most confident correct test images per class and the most confident errors. Each title gives "
+                  "the truth, the ensemble's probability named by its class (P(class) = p) and the class whose "
+                  "evidence is mapped (the one the ensemble decided); colours are scaled 0-1 per image (the colour "
+                  "bar), so they say where the model looks, not how sure it is. A map on a corner marker or text "
+                  "instead of anatomy is a shortcut.",
                   "", "![Grad-CAM panel](cam_panel.png)"]
     lines += ["", "Files: `summary.json` (with `provenance`: package versions, git commit, manifest and config "
               "hashes, machine, wall time), `oof_predictions.csv`, `test_predictions.csv`, `splits.json`, "
