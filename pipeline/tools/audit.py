@@ -5,7 +5,8 @@
 Reads the config's manifest the way training does (but with data.on_error=skip, so every problem is reported,
 not just the first), reads every file's header and decodes every sample with the training reader options,
 draws the same patient-grouped folds as training, and writes DIR/audit.md and DIR/audit.json
-(default DIR: audit-<task name>/ beside the manifest, so an audit never litters the working directory).
+(default DIR: audit-<task name>/ beside the manifest CSV, or beside the folder when data.manifest is a folder
+of class folders, so an audit never litters the working directory).
 The markdown is also printed.
 
 Duplicates are samples whose decoded image (read_gray output: pixels after modality/VOI LUT, the frame training
