@@ -202,14 +202,17 @@ def write_cams(run: FinishedRun | Path, items: Sequence[tuple[str, int | None]],
         maps = cam_maps(run, batch, models, target)
         with torch.no_grad():  # the probability of the very pixels mapped (for a cine: this frame)
             probs = EnsembleModule(models, run.normalization, run.task)(batch).numpy()
-        for (path, frame), image, cam, p in zip(chunk, pixels, maps, probs, strict=True):
-            stem = Path(path).name.split(".")[0] + ("" if frame is None else f"_f{frame}")
+        for j, ((path, frame), image, cam, p) in enumerate(zip(chunk, pixels, maps, probs, strict=True)):
+            # a run that hides file names (privacy.hide_file_names) shows the position in `items` instead, in
+            # the PNG's name and in its title
+            shown = f"row{start + j + 1}" if run.cfg.privacy.hide_file_names else Path(path).name
+            stem = shown.split(".")[0] + ("" if frame is None else f"_f{frame}")
             name, k = stem, 1
             while name in used:  # same file name in two folders: keep both
                 k += 1
                 name = f"{stem}_{k}"
             used.add(name)
-            head = Path(path).name + ("" if frame is None else f", frame {frame}")
+            head = shown + ("" if frame is None else f", frame {frame}")
             png = cam_figure(image, cam, [head, *cam_caption(run.task, run.threshold, p, target)], out_dir / f"{name}_cam.png")
             if save_npy:
                 np.save(out_dir / f"{name}_cam.npy", cam.astype(np.float32))
