@@ -1,4 +1,6 @@
-"""Command line: `python train.py --config chest_xray [--set k=v ...]`.
+"""Cross-validated fine-tuning on a config, patients grouped into folds; what train.py runs.
+
+    python train.py --config chest_xray [--set k=v ...]   (the same as `graystem train`)
 
 Exit codes: 0 done, 2 bad input (one line on stderr naming the file, row or key, no traceback),
 130 interrupted (the run folder can be continued with --resume).
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             save_config(cfg, RunFolder(run_dir).config)
         else:  # the first of several --fold processes writes it, the others must match it
             publish_config(cfg, RunFolder(run_dir).config)
-        log(f"run folder: {run_dir}")
+        if not args.dry_run:  # a dry run names its folder only at the end, and only if it keeps it
+            log(f"run folder: {run_dir}")
     run_dir = distributed.broadcast(run_dir, dist)
     from pipeline.results.report import format_table
     from pipeline.results.report_md import format_seeds
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         # config.yaml, splits.json and skipped.csv for inspection, or for --fold processes to share)
         shutil.rmtree(run_dir, ignore_errors=True)
         log("dry run: nothing kept (pass --output-dir to keep config.yaml and splits.json)")
+    elif args.dry_run and dist.is_main:
+        log(f"dry run: config.yaml and splits.json kept in {run_dir}")
     if summary is not None:
         table = summary.to_json()
         log("")

@@ -6,30 +6,43 @@ does not pay for torch.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import sys
+from pathlib import Path
 
-COMMANDS = {
-    "train": ("pipeline.cli", "cross-validated fine-tuning on a config (what train.py runs)"),
-    "predict": ("pipeline.tools.predict", "score new images with the fold ensemble of a finished run"),
-    "evaluate": ("pipeline.tools.evaluate", "score a labelled (external) manifest with a finished run, at its threshold"),
-    "compare": ("pipeline.tools.compare", "runs side by side, paired bootstrap and DeLong tests of every pair"),
-    "export": ("pipeline.tools.export", "TorchScript file of a run's fold model(s), normalisation baked in"),
-    "audit": ("pipeline.tools.audit", "formats, labels per fold, duplicates and leaks of a data set"),
-    "cache": ("pipeline.tools.cache", "what the disk cache holds; prune it by last use or size"),
-    "prepare": ("pipeline.tools.prepare_dataset", "manifest from a public data set in its published layout"),
-    "index": ("pipeline.tools.index_dicom", "manifest CSV from a folder of DICOM files"),
-    "preview": ("pipeline.tools.preview", "what the network sees for one file"),
-    "check-stem": ("pipeline.tools.check_stem", "check a 1-channel stem conversion against the 3-channel model"),
-    "benchmark": ("pipeline.tools.benchmark", "decode and training throughput as JSON"),
-    "demo": ("pipeline.demo", "write the synthetic demo data sets"),
+COMMANDS = {  # name -> module; its description is the first line of the module's docstring (see describe)
+    "train": "pipeline.cli",
+    "predict": "pipeline.tools.predict",
+    "evaluate": "pipeline.tools.evaluate",
+    "compare": "pipeline.tools.compare",
+    "export": "pipeline.tools.export",
+    "audit": "pipeline.tools.audit",
+    "cache": "pipeline.tools.cache",
+    "prepare": "pipeline.tools.prepare_dataset",
+    "index": "pipeline.tools.index_dicom",
+    "preview": "pipeline.tools.preview",
+    "check-stem": "pipeline.tools.check_stem",
+    "benchmark": "pipeline.tools.benchmark",
+    "demo": "pipeline.demo",
 }
+
+
+def describe(module: str) -> str:
+    """The first line of a command module's docstring, the same line its own parser shows as description
+    (`argparse.ArgumentParser(description=__doc__.splitlines()[0])`): one place for both texts. Read with ast,
+    without importing the module, so `graystem --help` does not pay for torch."""
+    spec = importlib.util.find_spec(module)
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    doc = ast.get_docstring(ast.parse(source)) or ""
+    return doc.splitlines()[0].strip() if doc else ""
 
 
 def usage(prog: str) -> str:
     width = max(map(len, COMMANDS))
     lines = [f"usage: {prog} <command> [args]   ({prog} <command> --help for its options)", "", "commands:"]
-    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {describe(module)}" for name, module in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -42,7 +55,7 @@ def main(argv: list[str] | None = None, prog: str = "graystem") -> int:
     if name not in COMMANDS:
         print(f"{prog}: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module = importlib.import_module(COMMANDS[name])
     # argparse names the program after sys.argv[0]: show `graystem predict` in the command's usage line
     saved, sys.argv = sys.argv, [f"{prog} {name}", *rest]
     try:

@@ -173,6 +173,19 @@ def test_predict_script_reproduces_the_test_ensemble(smoke_run, small_chest):
         assert abs(got["prob_pneumonia"] - float(want["prob_pneumonia"])) < 1e-4
 
 
+def test_predict_ends_with_one_line_saying_what_it_did(smoke_run, small_chest, tmp_path, capsys):
+    from pipeline.tools.predict import main as predict_main
+
+    first = next(csv.DictReader(small_chest.open()))["image"]
+    out = tmp_path / "p.csv"
+    assert predict_main([str(smoke_run), str(small_chest.parent / first), "--out", str(out)]) == 0
+    threshold = json.loads((smoke_run / "summary.json").read_text())["threshold"]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"scored 1 file(s) (0 skipped) with 2 fold model(s); predicted = pneumonia when "
+                    f"P(pneumonia) >= {threshold:.3f} (the run's threshold); wrote {out}")
+    assert len(list(csv.DictReader(out.open()))) == 1
+
+
 def test_unreadable_image_is_skipped_and_recorded(capsys, tmp_path, small_chest):
     rows = list(csv.DictReader(small_chest.open()))
     broken = tmp_path / "broken.dcm"

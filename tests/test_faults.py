@@ -1,4 +1,4 @@
-"""Fault injection: one case per row of the README table "When input is bad".
+"""Fault injection: one case per row of the table "When input is bad" (docs/faults_and_privacy.md).
 
 Every case runs the real command line in-process (`--dry-run` on the smoke config) on a tiny demo manifest with
 one faulty row added, made of real files (pydicom, nibabel, Pillow; no mocked formats), and asserts either a

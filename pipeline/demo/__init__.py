@@ -96,7 +96,7 @@ def ensure_demo_data(cfg, log=print) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="Write the synthetic demo data sets (deterministic).")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("data/demo"))
     ap.add_argument("--only", choices=DATASETS, help="write only this data set")
     ap.add_argument("--force", action="store_true", help="rewrite even if already complete")

@@ -9,9 +9,10 @@ A model that learned a burned-in L/R marker or a text label instead of the lung 
   predicted class (multi-class / multi-label), one per fold model, each scaled to [0, 1], averaged over the
   folds and scaled to [0, 1] again; (B, S, S) like the input, finite.
 - `write_cams(run, items, out_dir)`: for each file, `<stem>_cam.png` (the [0, 1] pixels after the run's load
-  transforms, i.e. what the network saw, with the map overlaid) and optionally `<stem>_cam.npy`.
-- `cam_panel(images, maps, titles, out)`: one PNG grid; `report_cam_panel(run, rows, pixels_of)` draws it after training for the run's report
-  on the most confident test positives, negatives and errors.
+  transforms, i.e. what the network saw, with the map overlaid, titled with the class probability, the run's
+  threshold and the mapped class, and a colour bar) and optionally `<stem>_cam.npy`.
+- `report_cam_panel(run, rows, pixels_of)`: one PNG grid (cam_figures.cam_panel), drawn after training for the
+  run's report from the pixels in memory, on the most confident test positives, negatives and errors.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.deploy.cam_figures import cam_figure, cam_panel, prob_label
 from pipeline.deploy.finished import FinishedRun, load_run
 from pipeline.logs import log
 
@@ -171,48 +173,6 @@ def cam_maps_for_class(models, norm, images: torch.Tensor, class_idx: int) -> np
     return _unit(maps).numpy()
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def overlay(ax, image: np.ndarray, cam: np.ndarray, title: str | None = None, alpha: float = 0.45,
-            cmap: str = "jet") -> None:
-    ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
-    ax.imshow(cam, cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=7)
-
-
-def cam_panel(images: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None], titles: Sequence[str], out: Path,
-              ncols: int = 4, row_labels: Sequence[str] | None = None) -> Path:
-    """One PNG grid of maps overlaid on the images (each image (S, S) in [0, 1]; None leaves the cell empty)."""
-    plt = _plt()
-    n = len(images)
-    nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.0 * nrows), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        if k < n and images[k] is not None:
-            overlay(ax, images[k], maps[k], titles[k])
-        else:
-            ax.set_axis_off()
-    if row_labels:
-        for r, label in enumerate(row_labels[:nrows]):
-            axes[r, 0].text(-0.08, 0.5, label, transform=axes[r, 0].transAxes, rotation=90, ha="right",
-                            va="center", fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
-
-
 def load_pixels(run: FinishedRun, items: Sequence[tuple[str, int | None]]) -> list[np.ndarray]:
     """(S, S) [0, 1] pixels of each (file, frame) as predict scores them (the deployment's reader settings,
     16-bit rounding and disk cache): what the network saw."""
@@ -225,33 +185,55 @@ def load_pixels(run: FinishedRun, items: Sequence[tuple[str, int | None]]) -> li
 def write_cams(run: FinishedRun | Path, items: Sequence[tuple[str, int | None]], out_dir: Path, *,
                save_npy: bool = False, batch_size: int = 16, target: str = "positive") -> list[Path]:
     """For each (file, frame): out_dir/<name>_cam.png (and .npy); returns the PNG paths in input order."""
+    from pipeline.deploy.inference import EnsembleModule
+
     run = run if isinstance(run, FinishedRun) else load_run(Path(run))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     models = run.models()
-    plt = _plt()
     written, used = [], set()
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         pixels = load_pixels(run, chunk)
-        maps = cam_maps(run, torch.from_numpy(np.stack(pixels))[:, None], models, target)
-        for (path, frame), image, cam in zip(chunk, pixels, maps, strict=True):
-            stem = Path(path).name.split(".")[0] + ("" if frame is None else f"_f{frame}")
+        batch = torch.from_numpy(np.stack(pixels))[:, None]
+        maps = cam_maps(run, batch, models, target)
+        with torch.no_grad():  # the probability of the very pixels mapped (for a cine: this frame)
+            probs = EnsembleModule(models, run.normalization, run.task)(batch).numpy()
+        for j, ((path, frame), image, cam, p) in enumerate(zip(chunk, pixels, maps, probs, strict=True)):
+            # a run that hides file names (privacy.hide_file_names) shows the position in `items` instead, in
+            # the PNG's name and in its title
+            shown = f"row{start + j + 1}" if run.deployment.hide_file_names else Path(path).name
+            stem = shown.split(".")[0] + ("" if frame is None else f"_f{frame}")
             name, k = stem, 1
             while name in used:  # same file name in two folders: keep both
                 k += 1
                 name = f"{stem}_{k}"
             used.add(name)
-            fig, ax = plt.subplots(figsize=(3, 3))
-            overlay(ax, image, cam, Path(path).name)
-            fig.tight_layout()
-            png = out_dir / f"{name}_cam.png"
-            fig.savefig(png, dpi=100)
-            plt.close(fig)
+            head = shown + ("" if frame is None else f", frame {frame}")
+            png = cam_figure(image, cam, [head, *cam_caption(run.task, run.threshold, p, target)], out_dir / f"{name}_cam.png")
             if save_npy:
                 np.save(out_dir / f"{name}_cam.npy", cam.astype(np.float32))
             written.append(png)
     return written
+
+
+def cam_caption(task, threshold: float, probs: np.ndarray, target: str = "positive") -> list[str]:
+    """Two title lines for one image: the probability with its class and the decision at the run's threshold,
+    then the class whose evidence the map shows (as cam_maps chose it)."""
+    t = threshold
+    if task.type == "binary":
+        p = float(probs[task.classes.index(task.positive)])
+        decided = task.positive if p >= t else task.negative
+        mapped = task.positive if target == "positive" else decided
+        return [f"{prob_label(task.positive, p)}, threshold {t:.2f} → {decided}", f"map: evidence for {mapped}"]
+    top = task.classes[int(np.argmax(probs))]
+    return [f"{prob_label(top, float(probs.max()))} (most probable class)", f"map: evidence for {top}"]
+
+
+def panel_title(row: dict, task) -> str:
+    """A panel cell's title: the truth, the probability named by its class, the class mapped."""
+    shown = task.positive if task.type == "binary" else row["_pred"]
+    return f"truth: {row['label']}\n{prob_label(shown, row['_score'])}\nmap: {row['_pred']}"
 
 
 def _panel_picks(rows: list[dict], task, threshold: float, per_row: int) -> list[tuple[str, list[dict]]]:
@@ -289,6 +271,6 @@ def report_cam_panel(run: FinishedRun, rows: list[dict], pixels_of, per_row: int
         cams = cam_maps(run, torch.from_numpy(np.stack(pixels))[:, None], models, "predicted")
         images += pixels + [None] * (per_row - len(pixels))
         maps += list(cams) + [None] * (per_row - len(cams))
-        titles += [f"{r['label']} p={r['_score']:.2f}, map: {r['_pred']}" for r in chosen] + [""] * (per_row - len(chosen))
+        titles += [panel_title(r, run.task) for r in chosen] + [""] * (per_row - len(chosen))
         labels.append(label)
     return cam_panel(images, maps, titles, run.folder.cam_panel, ncols=per_row, row_labels=labels)

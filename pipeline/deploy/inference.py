@@ -68,9 +68,14 @@ class FileScore:
 
 @torch.no_grad()
 def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on_error: str = "raise",
-                batch_size: int = 32, progress: bool = False) -> tuple[list[FileScore], list[dict]]:
+                batch_size: int = 16, progress: bool = False) -> tuple[list[FileScore], list[dict]]:
     """(scores per file, skipped [{'image', 'reason'}]). Unreadable files stop with one line naming the file,
-    or with on_error='skip' are listed and the rest is scored."""
+    or with on_error='skip' are listed and the rest is scored.
+
+    The progress bar counts files scored, advanced after each forward pass: it once counted files read, and
+    stood still while a batch went through every fold model (32 frames x 5 folds at 128 px: seconds on a
+    CPU). Batches of 16 frames halve those pauses at little cost (smoke run, 2 fold models at 64 px, 128 files
+    on one thread: 3.2-3.4 s at batch 32, 3.7 s at 16, 4.6 s at 8)."""
     data = run.deployment.data
     read = image_reader(data)  # through the disk cache when the run used one
     module = build_ensemble(run)
@@ -80,16 +85,21 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
     kept: list[str] = []
     skipped: list[dict] = []
 
+    waiting = [0]  # files whose frames are all in `pending`: done once it is scored
+
     def flush():
         if pending:
             outputs.append(module(torch.stack(pending)).numpy())
             pending.clear()
+        if bar is not None:
+            bar.update(waiting[0])
+        waiting[0] = 0
 
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(items), desc="read", unit="file", leave=False)
+        bar = tqdm(total=len(items), desc="scoring", unit="file", leave=False)
     for path, frame in items:
         try:
             problem = header_problem(path)  # a header that says "no pixels" is not worth decoding
@@ -101,10 +111,10 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
             if on_error != "skip":
                 raise DataError(f"{path}: {error_reason(exc)}") from None
             skipped.append({"image": path, "reason": error_reason(exc)})
-            continue
-        finally:
             if bar is not None:
                 bar.update(1)
+            continue
+        waiting[0] += 1
         owner += [len(kept)] * len(decoded)
         pending += [torch.as_tensor(x) for x in decoded]
         kept.append(path)

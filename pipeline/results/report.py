@@ -232,16 +232,20 @@ def track_summary(cfg, summary: Summary, tracker) -> None:
 
 def format_table(summary: dict) -> str:
     keys = TABLE_METRICS
-    fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
-    lines = ["fold  " + "  ".join(f"{k[:9]:>9}" for k in keys)]
+    widths = [max(len(k), 6) for k in keys]  # whole column names: `balanced_accuracy`, not `balanced_`
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+
+    def row(head: str, values) -> str:
+        return f"{head:>4}  " + "  ".join(f"{v:>{w}}" for v, w in zip(values, widths, strict=True))
+
+    lines = [row("fold", keys)]
     for f in summary["folds"]:
-        lines.append(f"{f['fold']:>4}  " + "  ".join(f"{fmt(f['metrics'].get(k)):>9}" for k in keys))
-    lines.append("mean  " + "  ".join(f"{fmt(summary['mean'].get(k)):>9}" for k in keys))
-    lines.append(" std  " + "  ".join(f"{fmt(summary['std'].get(k)):>9}" for k in keys))
-    lines.append(" oof  " + "  ".join(f"{fmt(summary['oof'].get(k)):>9}" for k in keys))
+        lines.append(row(str(f["fold"]), [fmt(f["metrics"].get(k)) for k in keys]))
+    for head, block in (("mean", summary["mean"]), ("std", summary["std"]), ("oof", summary["oof"])):
+        lines.append(row(head, [fmt(block.get(k)) for k in keys]))
     t = summary.get("test")
     if t:
-        lines.append("test  " + "  ".join(f"{fmt(t.get(k)):>9}" for k in keys))
+        lines.append(row("test", [fmt(t.get(k)) for k in keys]))
         prev = f", {t['n_positive']} positive (prevalence {t['prevalence']:.1%})" if t.get("prevalence") else ""
         lines.append(f"test set: {t['n']} images of {t.get('n_patients')} patients{prev}; "
                      f"threshold {summary['threshold']:.3f}")

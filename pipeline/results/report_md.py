@@ -113,6 +113,11 @@ def write_report(folder: RunFolder, summary: dict, oof, test, cfg, tracker=None)
                 how += f", deff {deff[k]:.2f}"
             lines.append(f"| {k} | {_fmt(t.get(k))} | {_ci(ci.get(k))} | {how} |")
         lines += ["", INTERVALS]
+    from pipeline.results.cautions import cautions
+
+    notes = cautions(summary, [it["target"] for it in oof], [it["prob"] for it in oof])
+    if notes:
+        lines += ["", "## Read with care", "", *(f"- {n}" for n in notes)]
     lines += ["", "## Confusion matrix", "", *_confusion(summary, t or summary["oof"], "test" if t else "out-of-fold")]
     lines += _operating_points(summary.get("operating_points"))
 
@@ -130,8 +135,11 @@ def write_report(folder: RunFolder, summary: dict, oof, test, cfg, tracker=None)
     lines += seeds_markdown(summary).splitlines()
     if folder.cam_panel.is_file():  # drawn after training (report.cam_panel), before this report
         lines += ["", "## Where the fold ensemble looks (Grad-CAM, test set)", "",
-                  "Most confident correct test images per class and the most confident errors; each map is of the "
-                  "class the ensemble decided. A map on a corner marker or text instead of anatomy is a shortcut.",
+                  "Most confident correct test images per class and the most confident errors. Each title gives "
+                  "the truth, the ensemble's probability named by its class (P(class) = p) and the class whose "
+                  "evidence is mapped (the one the ensemble decided); colours are scaled 0-1 per image (the colour "
+                  "bar), so they say where the model looks, not how sure it is. A map on a corner marker or text "
+                  "instead of anatomy is a shortcut.",
                   "", f"![Grad-CAM panel]({folder.CAM_PANEL})"]
     lines += ["", f"Files: `{folder.SUMMARY}` (with `provenance`: package versions, git commit, manifest and "
               f"config hashes, machine, wall time), `{folder.OOF}`, `{folder.TEST}`, `{folder.SPLITS}`, "

@@ -28,6 +28,8 @@ import os
 import time
 from pathlib import Path
 
+from pipeline.runfolder import RunFolder
+
 
 class Tags:
     @staticmethod
@@ -72,11 +74,11 @@ class Tags:
 
     @staticmethod
     def fold_events(run_dir: Path, fold: int) -> Path:
-        return Path(run_dir) / "tensorboard" / Tags.fold_run(fold)
+        return RunFolder(run_dir).fold_events(fold)
 
     @staticmethod
     def fold_metrics(run_dir: Path, fold: int) -> Path:
-        return Path(run_dir) / f"fold_{fold}" / "metrics.jsonl"
+        return RunFolder(run_dir).fold_metrics(fold)
 
 
 class Tracker:
@@ -103,7 +105,7 @@ class Tracker:
         if fold is not None:
             return self.fold_writers.get(fold)
         if self.writer is None:
-            self.writer = self._writer(self.run_dir / "tensorboard" / Tags.SUMMARY_RUN)
+            self.writer = self._writer(RunFolder(self.run_dir).tensorboard / Tags.SUMMARY_RUN)
         return self.writer
 
     def start_fold(self, fold: int, keep: dict | None) -> None:
@@ -168,9 +170,7 @@ class Tracker:
             path = Tags.fold_metrics(self.run_dir, k)
             if path.exists():
                 lines.append(path.read_text())
-        tmp = self.run_dir / ".metrics.jsonl.tmp"
-        tmp.write_text("".join(lines))
-        os.replace(tmp, self.run_dir / "metrics.jsonl")
+        RunFolder.write_text(RunFolder(self.run_dir).metrics, "".join(lines))
 
     def text(self, tag: str, text: str, fold: int | None = None) -> None:
         if (w := self._target(fold)) is not None:

@@ -5,7 +5,9 @@
 Reads the config's manifest the way training does (but with data.on_error=skip, so every problem is reported,
 not just the first), reads every file's header and decodes every sample with the training reader options,
 draws the same patient-grouped folds as training, and writes DIR/audit.md and DIR/audit.json
-(default DIR: ./audit-<task name>). The markdown is also printed.
+(default DIR: audit-<task name>/ beside the manifest CSV, or beside the folder when data.manifest is a folder
+of class folders, so an audit never litters the working directory).
+The markdown is also printed.
 
 Duplicates are samples whose decoded image (read_gray output: pixels after modality/VOI LUT, the frame training
 uses) is byte-identical, so a copy in another encoding or under another name is still found. A duplicate group
@@ -35,6 +37,7 @@ from pipeline.demo import ensure_demo_data
 from pipeline.errors import DataError, ImageReadError, error_reason, exits_on_error
 from pipeline.io import detect_format, read_gray
 from pipeline.io.dicom import read_dicom_header
+from pipeline.schema import resolve_data_path
 
 
 def _counts(values) -> dict:
@@ -285,7 +288,7 @@ def to_markdown(rep: dict, show: int = 30) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_arguments(p)
-    p.add_argument("--out", help="report folder (default ./audit-<task name>)")
+    p.add_argument("--out", help="report folder (default: audit-<task name>/ beside the manifest)")
     return p
 
 
@@ -295,13 +298,14 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
     ensure_demo_data(cfg)
     rep = audit(cfg)
-    out = Path(args.out or f"audit-{cfg.task.name}")
+    out = Path(args.out) if args.out else resolve_data_path(cfg.data.manifest, cfg).parent / f"audit-{cfg.task.name}"
     out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(rep)
     (out / "audit.md").write_text(md)
     (out / "audit.json").write_text(json.dumps(rep, indent=1, default=str))
     print(md)
-    print(f"written: {out / 'audit.md'}, {out / 'audit.json'}")
+    print(f"audited {rep['n_samples']} samples of {rep['n_patients']} patients; "
+          f"written to {out} (audit.md, audit.json)")
     return 1 if rep["leak"] or rep["duplicate_groups_conflicting_labels"] else 0
 
 

@@ -1,4 +1,4 @@
-"""Export the fold ensemble (or one fold model) of a finished run for deployment, with metadata and a model card.
+"""Export a run's fold ensemble (or one fold) for deployment: ONNX by default, with metadata and a model card.
 
     graystem export RUN_DIR [--format onnx|exported-program|torchscript|monai-bundle] [--fold K | --ensemble]
                             [--input gray|rgb] [--out DIR_OR_FILE]

@@ -235,8 +235,6 @@ def index(args) -> dict:
 
 
 def print_summary(res: dict, show: int = 20) -> None:
-    print(f"indexed {len(res['rows'])} DICOM files of {res['n_patients']} patients -> {res['out']}"
-          + (" (patient ids pseudonymized)" if res["pseudonymized"] else ""))
     if res["no_patient_id"]:
         print(f"  {res['no_patient_id']} files without PatientID (empty patient_id: each will be its own patient)")
     if res["ignored"]:
@@ -259,6 +257,9 @@ def print_summary(res: dict, show: int = 20) -> None:
     more = len(res["skipped"]) - show
     if more > 0:
         print(f"    ... and {more} more")
+    # last: what was done and where it went, below the details
+    print(f"indexed {len(res['rows'])} DICOM files of {res['n_patients']} patients -> {res['out']}"
+          + (" (patient ids pseudonymized)" if res["pseudonymized"] else ""))
 
 
 @exits_on_error

@@ -17,7 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.deploy.finished import load_run
+from pipeline.deploy.finished import FinishedRun, load_run
 from pipeline.deploy.inference import score_files
 from pipeline.errors import ConfigError, exits_on_error
 from pipeline.model.outputs import probability_fields
@@ -26,7 +26,10 @@ from pipeline.model.outputs import probability_fields
 def predict_files(run_dir: Path, images: list[tuple[str, int | None]], on_error: str = "raise",
                   progress: bool = False):
     """(rows for the CSV, skipped files, classes)."""
-    run = load_run(run_dir)
+    return _predict(load_run(run_dir), images, on_error, progress)
+
+
+def _predict(run: FinishedRun, images: list[tuple[str, int | None]], on_error: str, progress: bool):
     scores, skipped = score_files(run, images, on_error=on_error, progress=progress)
     fields = probability_fields(run.task)
     if run.deployment.hide_file_names:  # the run hides file names: outputs show the input position instead
@@ -37,6 +40,16 @@ def predict_files(run_dir: Path, images: list[tuple[str, int | None]], on_error:
              **{f: round(float(v), 6) for f, v in zip(fields, s.probs, strict=True)},
              "predicted": s.predicted} for s in scores]
     return rows, skipped, run.task.classes
+
+
+def decision_rule(run: FinishedRun) -> str:
+    """How `predicted` was decided, in words: the run's threshold on the class it applies to."""
+    task, t = run.task, run.threshold
+    if task.type == "binary":
+        return f"{task.positive} when P({task.positive}) >= {t:.3f} (the run's threshold)"
+    if task.type == "multiclass":
+        return "the most probable class"
+    return f"every finding with P >= {t:.3f} (the run's threshold)"
 
 
 @exits_on_error
@@ -68,7 +81,8 @@ def main(argv=None) -> int:
                 items.append((str(path), int(frame) if frame else None))
     if not items:
         raise ConfigError("no images given (pass paths or --manifest)")
-    rows, skipped, classes = predict_files(args.run_dir, items, args.on_error, progress=bool(args.out))
+    run = load_run(args.run_dir)
+    rows, skipped, classes = _predict(run, items, args.on_error, progress=bool(args.out))
     if args.out:
         with args.out.open("w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=["image", "frames", *(f"prob_{c}" for c in classes), "predicted"])
@@ -79,13 +93,18 @@ def main(argv=None) -> int:
             print(json.dumps(r))
     for s in skipped:
         print(f"skipped: {s['image']}: {s['reason']}", file=sys.stderr)
+    cams = ""
     if args.cam:
         from pipeline.deploy.cam import write_cams
 
         bad = {s["image"] for s in skipped}
-        pngs = write_cams(args.run_dir, [it for it in items if it[0] not in bad], args.cam,
+        pngs = write_cams(run, [it for it in items if it[0] not in bad], args.cam,
                           save_npy=args.cam_npy, target=args.cam_class)
-        print(f"wrote {len(pngs)} Grad-CAM overlay(s) to {args.cam}", file=sys.stderr)
+        cams = f"; {len(pngs)} Grad-CAM overlay(s) in {args.cam}"
+    # the last line says what was done and where it went; stderr, so JSON lines on stdout stay parseable
+    print(f"scored {len(rows)} file(s) ({len(skipped)} skipped) with {len(run.checkpoints)} fold model(s); "
+          f"predicted = {decision_rule(run)}; "
+          + (f"wrote {args.out}" if args.out else "printed as JSON lines") + cams, file=sys.stderr)
     return 0
 
 
