@@ -30,13 +30,13 @@ COMMANDS = {  # name -> module; its description is the first line of the module'
 
 
 def describe(module: str) -> str:
-    """The first line of a command module's docstring, the same line its own parser shows as description
-    (`argparse.ArgumentParser(description=__doc__.splitlines()[0])`): one place for both texts. Read with ast,
-    without importing the module, so `graystem --help` does not pay for torch."""
+    """The first paragraph of a command module's docstring, on one line: the text its own parser shows as
+    description (`__doc__.splitlines()[0]`, or `__doc__.split("\\n\\n")[0]` where it runs over two lines), so
+    both come from one place. Read with ast, without importing the module, so `graystem --help` does not pay
+    for torch."""
     spec = importlib.util.find_spec(module)
-    source = Path(spec.origin).read_text(encoding="utf-8")
-    doc = ast.get_docstring(ast.parse(source)) or ""
-    return doc.splitlines()[0].strip() if doc else ""
+    doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or ""
+    return " ".join(doc.split("\n\n")[0].split())
 
 
 def usage(prog: str) -> str:

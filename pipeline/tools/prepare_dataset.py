@@ -1,4 +1,6 @@
-"""`graystem prepare FORMAT SOURCE --out DIR`: a public data set, in its published layout, as DIR/manifest.csv
+"""Manifest of a public data set in its published layout: DIR/manifest.csv, DIR/left_out.csv and a summary.
+
+`graystem prepare FORMAT SOURCE --out DIR`: a public data set, in its published layout, as DIR/manifest.csv
 (the project's manifest format) plus DIR/left_out.csv (every file left out, with the reason), and a summary.
 
     graystem prepare nih-cxr14 ~/data/ChestX-ray14 --out data/nih --finding Pneumonia
