@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
     ensure_demo_data(cfg)
     rep = audit(cfg)
-    out = Path(args.out) if args.out else resolve_data_path(cfg.data.manifest, cfg).parent / f"audit-{cfg.task.name}"
+    out = Path(args.out) if args.out else resolve_data_path(cfg.data.manifest).parent / f"audit-{cfg.task.name}"
     out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(rep)
     (out / "audit.md").write_text(md)
