@@ -230,11 +230,12 @@ def pixel_digest(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def group_copies(cfg: Config, samples, digests: list[str]) -> tuple[tuple[Sample, ...], int, int]:
+def group_copies(cfg: Config, samples, digests: list[str], *, strict: bool = True) -> tuple[tuple[Sample, ...], int, int]:
     """(samples, number grouped, number under another label): an image WITHOUT a known patient id that repeats
     another image's pixels (same digest) joins that image's patient: public sets without ids (BUSI) hold exact
     duplicates, and two copies in different folds would be a leak. Two known, different ids are an error.
-    Training and the audit both group with this rule, so the audit's folds are training's."""
+    Training and the audit both group with this rule, so the audit's folds are training's; the audit
+    (strict=False) lists the leaks it finds instead of stopping at the first."""
     owner: dict[str, Sample] = {}
     out, grouped, relabelled = list(samples), 0, 0
     for i, (s, digest) in enumerate(zip(samples, digests, strict=True)):
@@ -245,6 +246,8 @@ def group_copies(cfg: Config, samples, digests: list[str]) -> tuple[tuple[Sample
         if not s.patient_known:
             out[i] = dataclasses.replace(s, patient_id=first.patient_id, patient_known=first.patient_known)
             grouped += 1
+            continue
+        if not strict:
             continue
         if not first.patient_known:
             raise DataError(f"{where(cfg, first.row, first.image)}: same pixels as row {s.row} (patient "
