@@ -298,7 +298,7 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch):
     import torch
 
     from pipeline.errors import PipelineError
-    from pipeline.model.checkpoint import atomic_save
+    from pipeline.runfolder import RunFolder
 
     def full(obj, fh):
         fh.write(b"partial")
@@ -307,7 +307,7 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", full)
     target = tmp_path / "fold_0" / "best.pt"
     with pytest.raises(PipelineError, match="disk full") as exc:
-        atomic_save({"x": 1}, target)
+        RunFolder.save_torch({"x": 1}, target)
     assert str(target) in str(exc.value)
     assert list(target.parent.iterdir()) == []  # no half-written file
 
