@@ -9,6 +9,7 @@ frozen_stage:   seconds per epoch of the head stage on the demo data (chest_xray
                 forward under no_grad + augmentation every epoch) vs cache_features (features once, then the
                 head on them); the one-time feature pass is reported apart.
 data_wait_fraction: share of a full-training step spent waiting for the loader (demo config at 128 px and 64 px).
+near_duplicates: perceptual hashes/s of the disk cache's images and seconds to search 100,000 hashes.
 precision_auto: the candidates' training images/s and the choice (train.precision auto).
 machine:        CPU model, cores, torch version, device.
 """
@@ -262,6 +263,7 @@ def run_suite(device_name: str = "auto") -> dict:
     from pipeline.config import load_config
     from pipeline.demo import make_demo
     from pipeline.distributed import select_device
+    from pipeline.tools.bench_near_duplicates import bench_near_duplicates
     from pipeline.train import precision as precision_auto
 
     started = time.perf_counter()
@@ -271,6 +273,8 @@ def run_suite(device_name: str = "auto") -> dict:
     with tempfile.TemporaryDirectory(prefix="graystem-scale-") as tmp:
         tmp = Path(tmp)
         out["decode"] = bench_decode(tmp)
+        say("near duplicates: hashing the disk cache's images, searching 100,000 hashes")
+        out["near_duplicates"] = bench_near_duplicates(tmp / "cache")
         say("demo data (chest_xray)")
         labels = make_demo(tmp / "demo", which=("chest_xray",))["chest_xray"]
         for size in (128, 64):
