@@ -104,6 +104,12 @@ class DataConfig(Strict):
     min_size: int = Field(32, ge=1)
     # duplicate rows and patients with conflicting labels: a warning line, or an error
     duplicates: Literal["warn", "error"] = "warn"
+    # near copies (re-crops, rescales, JPEG, burned-in text) found by perceptual hashes of the decoded pixels:
+    # group = copies without known patient ids join one CV group, two known patients stop the run; warn = a
+    # warning only; error = stop; off = no check (pipeline/data/near_check.py, docs/data_checks.md)
+    near_duplicates: Literal["group", "warn", "error", "off"] = "group"
+    # both 256-bit hashes (pHash and dHash) within this many bits: near copies (measured: docs/data_checks.md)
+    near_duplicate_bits: int = Field(48, ge=0, le=128)
 
     # every setting that changes the decoded pixels, before augmentation: checkpoints record them so inference
     # reads files exactly as training did
@@ -120,6 +126,11 @@ class DataConfig(Strict):
         frame = self.frames if self.frames in ("middle", "first") or isinstance(self.frames, int) else "middle"
         return ReaderOptions(voi=self.voi, voi_index=self.voi_index, frame=frame,
                              crop_us_region=self.crop_us_region, slice_axis=self.slice_axis)
+
+    @field_validator("near_duplicates", mode="before")
+    @classmethod
+    def _off(cls, v):
+        return "off" if v is False else v  # YAML reads a bare `off` as false
 
     @field_validator("num_workers")
     @classmethod

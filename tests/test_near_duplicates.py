@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pipeline.data.near_duplicates import (
-    groups_of,
+    distances,
+    find_groups,
     hamming,
     image_hashes,
     near_pairs,
@@ -54,15 +55,22 @@ def test_hashes_of_decoded_pixels_see_through_padding_and_gamma():
     padded = np.zeros((1, 512, 512), np.uint16)
     padded[0, :, 64:448] = img
     assert trim_padding(padded).shape == img.shape
-    p0, d0 = image_hashes(padded)
-    p1, d1 = image_hashes((cam[:, 64:448] ** 1.2 * 65535).astype(np.uint16))  # gamma, unpadded
-    assert bin(p0 ^ p1).count("1") <= 4 and bin(d0 ^ d1).count("1") <= 6
-    p2, d2 = image_hashes((data.coins() / 255 * 65535).astype(np.uint16))  # another image
-    assert bin(p0 ^ p2).count("1") > 20 and bin(d0 ^ d2).count("1") > 20
+    h0 = image_hashes(padded)
+    h1 = image_hashes((cam[:, 64:448] ** 1.2 * 65535).astype(np.uint16))  # gamma, unpadded
+    h2 = image_hashes((data.coins() / 255 * 65535).astype(np.uint16))  # another image
+    assert h0.shape == (9,) and h0.dtype == np.uint64
+    assert hamming(h0[0], h1[0]) <= 4 and max(distances(h0, h1)) <= 20
+    assert hamming(h0[0], h2[0]) > 20 and min(distances(h0, h2)) > 80
+    assert len(near_pairs(np.stack([h0, h1, h2]))) == 1
 
 
 def test_groups_join_chains_of_pairs():
-    hashes = np.array([[0, 0], [1, 1], [3, 3], [0xFF00, 0xFF00], [2**62 - 1, 2**62 - 1]], dtype=np.uint64)
-    pairs = near_pairs(hashes, 1)
+    """0~1 and 1~2 are near (0 and 2 are not), 3 shares 0's 64-bit key but not its detail, 4 is far."""
+    rows = np.zeros((5, 9), np.uint64)
+    rows[1, 1], rows[2, 1:3] = 2**40 - 1, 2**40 - 1  # 40 bits from 0, 40 from 1, 80 from 0
+    rows[3, 5:9] = 2**64 - 1
+    rows[4, :] = 2**64 - 1
+    pairs = near_pairs(rows, threshold=40)
     assert sorted(zip(pairs.i.tolist(), pairs.j.tolist(), strict=True)) == [(0, 1), (1, 2)]
-    assert groups_of(len(hashes), pairs) == [[0, 1, 2]]
+    groups = find_groups(rows, threshold=40)
+    assert [g.members for g in groups] == [(0, 1, 2)] and groups[0].distance == (0, 40, 80)

@@ -3,11 +3,12 @@
 What is hashed is what the network sees: the 1xSxS uint16 images of `Decoded.images` (after VOI LUT, the
 ultrasound crop, scaling and resizing; the same pixels `checks.after_decode` compares for exact copies), with the
 black padding that squares them trimmed away, so a re-crop that changes the aspect ratio does not move the
-content inside the square. Each image gets two 64-bit hashes from the maintained `imagehash` library: pHash
-(low DCT frequencies: robust to rescaling, JPEG, gamma and small text) and dHash (signs of horizontal
-gradients). Two images are near copies when BOTH distances are within the threshold (chosen from measurements,
-see docs/data_checks.md and scripts/near_duplicate_threshold.py); requiring both removes most of the chance
-matches either hash makes alone on smooth, low-contrast images.
+content inside the square. Each image gets hashes from the maintained `imagehash` library: a 64-bit pHash (8x8
+low DCT frequencies), the key of the neighbour search, and 256-bit pHash and dHash (16x16: DCT frequencies and
+signs of horizontal gradients), which decide. Two images are near copies when the 64-bit pHashes are within
+SEARCH_RADIUS bits and BOTH 256-bit hashes within the threshold (chosen from measurements, see docs/data_checks.md
+and scripts/near_duplicate_threshold.py): 64-bit hashes alone join distinct chest films of different patients
+(NIH, and the demo's renders of one template), as they keep too little detail.
 
 The search (`pairs_within`) is multi-index hashing (Norouzi et al., "Fast search in Hamming space with
 multi-index hashing", CVPR 2012): split the 64 bits into m blocks; two hashes within t bits agree within
@@ -25,8 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 
 HASH_BITS = 64
-# bits (of 64) within which both hashes must agree; chosen from measurements in docs/data_checks.md
-DEFAULT_THRESHOLD = 8
+# bits (of 256) within which both 256-bit hashes must agree; chosen from measurements in docs/data_checks.md
+DEFAULT_THRESHOLD = 48
+# bits (of 64) within which the 64-bit pHashes must agree for a pair to be compared at all
+SEARCH_RADIUS = 10
+# columns of a hash row: the 64-bit pHash, then the 256-bit pHash and dHash as 4 words each
+N_WORDS = 9
 
 
 def trim_padding(image: np.ndarray) -> np.ndarray:
@@ -39,12 +44,14 @@ def trim_padding(image: np.ndarray) -> np.ndarray:
     return a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
 
 
-def _to_int(bits: np.ndarray) -> int:
-    return int.from_bytes(np.packbits(bits.ravel()).tobytes(), "big")
+def _words(bits: np.ndarray) -> list[int]:
+    """A boolean hash as 64-bit words (big-endian bit order)."""
+    return np.packbits(bits.ravel()).view(">u8").astype(np.uint64).tolist()
 
 
-def image_hashes(image: np.ndarray) -> tuple[int, int]:
-    """(pHash, dHash) of a decoded image (uint16 1xSxS, or any 2-D gray array), as 64-bit integers."""
+def image_hashes(image: np.ndarray) -> np.ndarray:
+    """The 9 uint64 words of a decoded image's hashes (uint16 1xSxS, or any 2-D gray array): 64-bit pHash,
+    256-bit pHash, 256-bit dHash."""
     import imagehash
     from PIL import Image
 
@@ -54,13 +61,14 @@ def image_hashes(image: np.ndarray) -> tuple[int, int]:
     elif a.dtype != np.uint8:  # a float image in [0, 1]
         a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
     pil = Image.fromarray(np.ascontiguousarray(a))
-    return _to_int(imagehash.phash(pil).hash), _to_int(imagehash.dhash(pil).hash)
+    return np.array(_words(imagehash.phash(pil).hash) + _words(imagehash.phash(pil, 16).hash)
+                    + _words(imagehash.dhash(pil, 16).hash), dtype=np.uint64)
 
 
 def hash_store(store, n: int | None = None) -> np.ndarray:
-    """N x 2 uint64 (pHash, dHash) of an ImageStore's images, in sample order."""
+    """N x 9 uint64 hash rows (see image_hashes) of an ImageStore's images, in sample order."""
     n = len(store) if n is None else n
-    out = np.zeros((n, 2), dtype=np.uint64)
+    out = np.zeros((n, N_WORDS), dtype=np.uint64)
     for i in range(n):
         out[i] = image_hashes(store.get(i))
     return out
@@ -144,23 +152,29 @@ def _chunks(counts: np.ndarray, limit: int):
 
 @dataclass(frozen=True)
 class NearPairs:
-    """Pairs of samples (indices into the hashed samples, i < j) within the threshold on both hashes."""
+    """Pairs of samples (indices into the hashed samples, i < j) within the threshold on both 256-bit hashes."""
 
     i: np.ndarray
     j: np.ndarray
-    phash: np.ndarray  # pHash distance (bits of 64)
-    dhash: np.ndarray  # dHash distance
+    phash: np.ndarray  # 256-bit pHash distance
+    dhash: np.ndarray  # 256-bit dHash distance
 
     def __len__(self) -> int:
         return len(self.i)
 
 
-def near_pairs(hashes: np.ndarray, threshold: int) -> NearPairs:
-    """Pairs within `threshold` bits on pHash AND on dHash (the pHash index finds them, dHash confirms)."""
-    hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1, 2)
-    i, j, dp = pairs_within(hashes[:, 0], threshold)
-    dd = hamming(hashes[i, 1], hashes[j, 1])
-    keep = dd <= threshold
+def distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(256-bit pHash, 256-bit dHash) distances between hash rows."""
+    return hamming(a[..., 1:5], b[..., 1:5]).sum(-1), hamming(a[..., 5:9], b[..., 5:9]).sum(-1)
+
+
+def near_pairs(hashes: np.ndarray, threshold: int = DEFAULT_THRESHOLD, radius: int = SEARCH_RADIUS) -> NearPairs:
+    """Pairs whose 64-bit pHashes are within `radius` (the index finds them) and whose 256-bit pHash and dHash
+    are both within `threshold`."""
+    hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1, N_WORDS)
+    i, j, _ = pairs_within(hashes[:, 0], radius)
+    dp, dd = distances(hashes[i], hashes[j])
+    keep = (dp <= threshold) & (dd <= threshold)
     return NearPairs(i[keep], j[keep], dp[keep], dd[keep])
 
 
@@ -177,3 +191,21 @@ def groups_of(n: int, pairs: NearPairs) -> list[list[int]]:
     for k, c in enumerate(comp):
         members.setdefault(int(c), []).append(k)
     return sorted((g for g in members.values() if len(g) > 1), key=lambda g: g[0])
+
+
+@dataclass(frozen=True)
+class NearGroup:
+    """Samples (indices, ascending) joined by near-copy pairs, and each one's distance to the first member in
+    bits (the larger of its pHash and dHash distances; 0 for the first)."""
+
+    members: tuple[int, ...]
+    distance: tuple[int, ...]
+
+
+def find_groups(hashes: np.ndarray, threshold: int = DEFAULT_THRESHOLD) -> list[NearGroup]:
+    hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1, N_WORDS)
+    out = []
+    for g in groups_of(len(hashes), near_pairs(hashes, threshold)):
+        dp, dd = distances(hashes[g], hashes[g[0]])
+        out.append(NearGroup(tuple(g), tuple(int(x) for x in np.maximum(dp, dd))))
+    return out

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 
-from pipeline.data import checks
+from pipeline.data import checks, near_check
 from pipeline.data.cv import Splits, make_splits
 from pipeline.data.datasets import Decoded, decode_samples
 from pipeline.data.manifest import Manifest, Skipped, load_manifest
@@ -94,6 +94,7 @@ def final_samples(cfg: Config, decoded: Decoded, n_skipped: int) -> tuple[Decode
     """The samples the folds are drawn on (copies merged into one group by the checks after decoding) and
     their folds: training and the audit both call this, so the audit's folds are training's."""
     decoded = checks.after_decode(cfg, decoded, n_skipped)  # same pixels under two patients, emptied classes
+    decoded = near_check.apply(cfg, decoded)  # near copies: one patient group, or a leak named (data.near_duplicates)
     splits = make_splits(decoded.samples, cfg)
     checks.check_folds(cfg, decoded.samples, splits)
     return decoded, splits
