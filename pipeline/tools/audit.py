@@ -303,6 +303,13 @@ def main(argv=None) -> int:
     md = to_markdown(rep)
     (out / "audit.md").write_text(md)
     (out / "audit.json").write_text(json.dumps(rep, indent=1, default=str))
+    if cfg.data.near_duplicates != "off":  # near copies by perceptual hash, on the pixels training sees
+        from pipeline.tools.audit_near import near_duplicate_rows, write_near_duplicates
+
+        rows, decoded = near_duplicate_rows(cfg, [s for s in load_manifest(cfg).samples])
+        write_near_duplicates(rows, decoded, out)
+        print(f"near copies: {len({r['group'] for r in rows})} groups, {len(rows)} images "
+              f"(see {out / 'near_duplicates.csv'}, {out / 'near_duplicates.png'})")
     print(md)
     print(f"audited {rep['n_samples']} samples of {rep['n_patients']} patients; "
           f"written to {out} (audit.md, audit.json)")
