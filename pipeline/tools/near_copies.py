@@ -131,11 +131,10 @@ def _as_8bit(path: Path) -> Image.Image:
 def decoded_hashes(cfg, paths: list[Path]) -> np.ndarray:
     """(pHash, dHash) of each file as the pipeline decodes it for training (reader chain, quantized 16-bit)."""
     from pipeline.data.datasets import quantize
-    from pipeline.data.manifest import reader_options
     from pipeline.data.near_duplicates import image_hashes
     from pipeline.data.transforms import load_transforms
 
-    chain = load_transforms(cfg, reader_options(cfg))
+    chain = load_transforms(cfg.data)
     return np.array([image_hashes(quantize(chain({"image": str(p), "frame": None})["image"])) for p in paths],
                     dtype=np.uint64)
 
