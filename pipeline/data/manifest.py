@@ -36,6 +36,9 @@ class Sample:
     frame: int | None  # None: the reader's frame policy picks
     row: int  # manifest line, for messages
     fold: int | None = None  # the manifest's published CV fold (`fold` column); None: blank or no such column
+    # the manifest's other columns (view, sex, site, ...), (name, value) in column order: they reach the prediction
+    # files so results can be broken down by them, and the audit tests them as shortcuts
+    extra: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -167,6 +170,13 @@ def _read_records(path: Path, cfg: Config) -> tuple[Path, list[str], list[dict]]
     return root, columns, records
 
 
+def extra_columns_of(cfg: Config, columns) -> list[str]:
+    """The manifest columns beyond image, label, patient id, split, fold, frame/slice and the class columns."""
+    known = {"image", cfg.data.label_column, cfg.data.patient_column, "split", "fold", "frame", "slice",
+             *(cfg.task.classes if cfg.task.type == "multilabel" else ())}
+    return [c for c in columns if c and c not in known]
+
+
 def load_manifest(cfg: Config) -> Manifest:
     path = resolve_data_path(cfg.data.manifest)
     root, columns, records = _read_records(path, cfg)
@@ -181,6 +191,7 @@ def load_manifest(cfg: Config) -> Manifest:
     has_pid = cfg.data.patient_column in columns
     has_split = "split" in columns
     has_fold = "fold" in columns
+    extra_columns = extra_columns_of(cfg, columns)
     samples: list[Sample] = []
     skipped: list[Skipped] = []
     unknown_patients = 0
@@ -225,7 +236,8 @@ def load_manifest(cfg: Config) -> Manifest:
             samples.append(Sample(image=str(image), image_text=image_text,
                                   target=tuple(target) if isinstance(target, list) else target, label=label,
                                   patient_id=pid or image_text, patient_known=bool(pid), split=split,
-                                  frame=frame, row=line, fold=fold))
+                                  frame=frame, row=line, fold=fold,
+                                  extra=tuple((c, (rec.get(c) or "").strip()) for c in extra_columns)))
     if not samples:
         raise DataError(f"{path}: no usable rows ({len(skipped)} skipped; see skipped.csv)")
     source = "column" if has_pid else "regex" if regex else "dicom"

@@ -43,7 +43,7 @@ def _aggregate(samples, indices, probs, fold_of=None):
     for js in groups.values():
         s = samples[indices[js[0]]]
         out.append({"image": s.image_text, "patient_id": s.patient_id, "label": s.label, "target": s.target,
-                    "frames": len(js), "fold": None if fold_of is None else fold_of[js[0]],
+                    "frames": len(js), "fold": None if fold_of is None else fold_of[js[0]], "extra": dict(s.extra),
                     "prob": np.mean([probs[j] for j in js], axis=0)})
     return out
 
@@ -60,6 +60,8 @@ def _write_predictions(path: Path, items, task, with_fold: bool, predicted: list
     """One row per image; `predicted` (the decision at the run's threshold) adds a last column."""
     probs = class_matrix(task, [it["prob"] for it in items])
     fields = ["image", "patient_id"] + (["fold"] if with_fold else []) + ["frames", "label"]
+    extra = list(dict.fromkeys(c for it in items for c in it.get("extra", {})))  # the manifest's other columns
+    fields += extra
     if task.type == "multilabel":
         fields += [f"label_{c}" for c in task.classes]
     fields += probability_fields(task) + (["predicted"] if predicted is not None else [])
@@ -68,6 +70,7 @@ def _write_predictions(path: Path, items, task, with_fold: bool, predicted: list
         w.writerow(fields)
         for j, (it, pr) in enumerate(zip(items, probs, strict=True)):
             row = [it["image"], it["patient_id"]] + ([it["fold"]] if with_fold else []) + [it["frames"], it["label"]]
+            row += [it.get("extra", {}).get(c, "") for c in extra]
             if task.type == "multilabel":
                 row += ["" if np.isnan(v) else int(v) for v in it["target"]]
             row += [f"{v:.6f}" for v in pr] + ([predicted[j]] if predicted is not None else [])

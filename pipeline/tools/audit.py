@@ -33,6 +33,8 @@ from pipeline.config import load_config
 from pipeline.data.checks import check_pixels, group_copies, pixel_digest
 from pipeline.data.cv import make_splits
 from pipeline.data.manifest import load_manifest
+from pipeline.data.shortcuts import shortcut_table
+from pipeline.data.shortcuts import to_markdown as shortcuts_markdown
 from pipeline.demo import ensure_demo_data
 from pipeline.errors import DataError, ImageReadError, error_reason, exits_on_error
 from pipeline.io import detect_format, read_gray
@@ -301,12 +303,15 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else resolve_data_path(cfg.data.manifest).parent / f"audit-{cfg.task.name}"
     out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(rep)
+    shortcuts = shortcut_table(load_manifest(cfg).samples)  # manifest columns that track the label
+    rep["shortcuts"] = [s.to_json() for s in shortcuts]
+    md += "\n" + shortcuts_markdown(shortcuts)
     (out / "audit.md").write_text(md)
     (out / "audit.json").write_text(json.dumps(rep, indent=1, default=str))
     if cfg.data.near_duplicates != "off":  # near copies by perceptual hash, on the pixels training sees
         from pipeline.tools.audit_near import near_duplicate_rows, write_near_duplicates
 
-        rows, decoded = near_duplicate_rows(cfg, [s for s in load_manifest(cfg).samples])
+        rows, decoded = near_duplicate_rows(cfg, load_manifest(cfg).samples)
         write_near_duplicates(rows, decoded, out)
         print(f"near copies: {len({r['group'] for r in rows})} groups, {len(rows)} images "
               f"(see {out / 'near_duplicates.csv'}, {out / 'near_duplicates.png'})")
