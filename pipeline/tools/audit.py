@@ -291,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_arguments(p)
     p.add_argument("--out", help="report folder (default: audit-<task name>/ beside the manifest)")
+    p.add_argument("--run", help="a finished run of this config: rank its suspect labels (cleanlab on the run's "
+                                 "oof_predictions.csv) into OUT/label_issues.csv")
     return p
 
 
@@ -306,15 +308,26 @@ def main(argv=None) -> int:
     shortcuts = shortcut_table(load_manifest(cfg).samples)  # manifest columns that track the label
     rep["shortcuts"] = [s.to_json() for s in shortcuts]
     md += "\n" + shortcuts_markdown(shortcuts)
-    (out / "audit.md").write_text(md)
-    (out / "audit.json").write_text(json.dumps(rep, indent=1, default=str))
     if cfg.data.near_duplicates != "off":  # near copies by perceptual hash, on the pixels training sees
         from pipeline.tools.audit_near import near_duplicate_rows, write_near_duplicates
 
         rows, decoded = near_duplicate_rows(cfg, load_manifest(cfg).samples)
         write_near_duplicates(rows, decoded, out)
-        print(f"near copies: {len({r['group'] for r in rows})} groups, {len(rows)} images "
-              f"(see {out / 'near_duplicates.csv'}, {out / 'near_duplicates.png'})")
+        rep["near_duplicates"] = {"groups": len({r["group"] for r in rows}), "images": len(rows)}
+        md += (f"\n## Near copies\n\n{rep['near_duplicates']['groups']} groups, {len(rows)} images within "
+               f"{cfg.data.near_duplicate_bits} bits (near_duplicates.csv, near_duplicates.png)\n")
+    if args.run:  # suspect labels of a finished run
+        from pipeline.results.label_issues import find_issues, items_from_predictions, to_csv
+
+        oof = Path(args.run) / "oof_predictions.csv"
+        if not oof.is_file():
+            raise DataError(f"--run {args.run}: no oof_predictions.csv (not a finished run folder)")
+        issues = find_issues(cfg.task, items_from_predictions(cfg.task, oof))
+        (out / "label_issues.csv").write_text(to_csv(cfg.task, issues))
+        rep["label_issues"] = len(issues)
+        md += f"\n## Suspect labels\n\n{len(issues)} images of run `{args.run}` (label_issues.csv)\n"
+    (out / "audit.md").write_text(md)
+    (out / "audit.json").write_text(json.dumps(rep, indent=1, default=str))
     print(md)
     print(f"audited {rep['n_samples']} samples of {rep['n_patients']} patients; "
           f"written to {out} (audit.md, audit.json)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.data.datasets import decode_samples
 from pipeline.data.near_check import decoded_groups
+from pipeline.results.montage import save_montage
 
 
 def near_duplicate_rows(cfg, samples) -> tuple[list[dict], object]:
@@ -35,20 +36,7 @@ def write_near_duplicates(rows: list[dict], decoded, out: Path, show: int = 12) 
     shown = list(groups.values())[:show]
     if not shown or decoded.images is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = max(len(g) for g in shown)
-    fig, axes = plt.subplots(len(shown), cols, figsize=(2.2 * cols, 2.4 * len(shown)), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, g in enumerate(shown):
-        for j, r in enumerate(g):
-            axes[i, j].imshow(decoded.images.get(r["index"])[0], cmap="gray")
-            axes[i, j].set_title(f"{Path(r['image']).name}\n{r['label']}, {r['distance']} bits", fontsize=7)
-    fig.suptitle("Near copies (distance to the group's first image, bits of 256)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "near_duplicates.png", dpi=80)
-    plt.close(fig)
+    save_montage(out / "near_duplicates.png",
+                 [[(decoded.images.get(r["index"]), f"{Path(r['image']).name}\n{r['label']}, {r['distance']} bits")
+                   for r in g] for g in shown],
+                 "Near copies (distance to the group's first image, bits of 256)")

@@ -218,6 +218,21 @@ def _panel(cfg: Config, folder: RunFolder, prep: Prepared, outcome, deployment: 
         log.warning(f"grad-cam panel not drawn: {type(exc).__name__}: {exc}")
 
 
+def _label_issues(cfg: Config, folder: RunFolder, prep: Prepared, outcome) -> dict | None:
+    """label_issues.csv (+ the montage when patient pixels may be shown); a failure costs the list, not the run."""
+    from pipeline.results.label_issues import find_issues, write_label_issues
+
+    try:
+        first = {}
+        for i, s in enumerate(prep.decoded.samples):
+            first.setdefault(s.image_text, i)
+        pixels = (lambda image: decoded_pixels(cfg, prep.decoded, first[image])) if cfg.tracking.log_images else None
+        return write_label_issues(folder, cfg.task, find_issues(cfg.task, outcome.oof), len(outcome.oof), pixels)
+    except Exception as exc:
+        log.warning(f"label issues not computed: {type(exc).__name__}: {exc}")
+        return None
+
+
 def finish(cfg: Config, folder: RunFolder, prep: Prepared, per_seed: dict[int, list[FoldResult]], tracker: Tracker,
            choice: dict, started: float | None = None) -> Summary:
     """Every output of a finished run, each written once: per-seed folders (repeated seeds), predictions,
@@ -230,7 +245,7 @@ def finish(cfg: Config, folder: RunFolder, prep: Prepared, per_seed: dict[int, l
             write_predictions(sub, o, cfg.task)
             write_summary(sub, o.summary)
             write_report(sub, o.summary.to_json(), o.oof, o.test, seed_config(cfg, s))
-    summary = outcomes.run.summary.with_(precision=choice)
+    summary = outcomes.run.summary.with_(precision=choice, label_issues=_label_issues(cfg, folder, prep, outcomes.run))
     outcome = replace(outcomes.run, summary=summary)
     write_predictions(folder, outcome, cfg.task)
     write_summary(folder, summary)
