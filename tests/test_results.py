@@ -126,9 +126,13 @@ def test_evaluate_on_the_runs_own_test_split_reproduces_its_test_metrics(seeds_r
     rows = [r for r in _rows(demo / "chest_xray" / "labels.csv") if r["split"] == "test"]
     manifest = _write(demo / "chest_xray" / "external.csv", rows)  # beside the images, as a real manifest
     out = tmp_path / "ev"
-    assert evaluate_main([str(seeds_run), "--manifest", str(manifest), "--out", str(out), "--quiet"]) == 0
+    # the run's own test rows are not an external set: scored only when asked, and marked
+    assert evaluate_main([str(seeds_run), "--manifest", str(manifest), "--out", str(out), "--quiet"]) == 2
+    assert evaluate_main([str(seeds_run), "--manifest", str(manifest), "--out", str(out), "--quiet",
+                          "--allow-overlap"]) == 0
     own = json.loads((seeds_run / "summary.json").read_text())
     ev = json.loads((out / "summary.json").read_text())
+    assert not ev["overlap"]["external"] and len(ev["overlap"]["by_path"]) == len(rows)
     assert ev["test"]["n"] == own["test"]["n"] == len(rows)
     assert ev["test"]["auroc"] == pytest.approx(own["test"]["auroc"], abs=1e-6)
     assert ev["threshold"] == own["threshold"]

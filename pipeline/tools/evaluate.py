@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.data.manifest import load_manifest
 from pipeline.deploy.finished import load_run
 from pipeline.deploy.inference import predicted_label, score_files
-from pipeline.errors import ConfigError, exits_on_error
+from pipeline.errors import ConfigError, DataError, exits_on_error
 from pipeline.logs import log, setup_logging
 from pipeline.model.deployment import DEPLOYED_DATA
 from pipeline.model.outputs import class_matrix
 from pipeline.results.report import _aggregate, _write_predictions, score_items
 from pipeline.runfolder import RunFolder
+from pipeline.tools.overlap import find_overlap
 from pipeline.vocab import METRICS
 
 
@@ -51,7 +53,7 @@ def _per_sample_scores(samples, scores, skipped) -> tuple[list[int], list]:
 
 
 def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: str | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, allow_overlap: bool = False) -> dict:
     run = load_run(run_dir)
     # the deployment's pixel and reader settings; the rest of data (columns, patient rules) as the run had it
     deployed = run.deployment.data.model_dump(include=set(DEPLOYED_DATA))
@@ -60,6 +62,14 @@ def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: s
     cfg = run.cfg.model_copy(update={"data": data})
     loaded = load_manifest(cfg)
     samples = list(loaded.samples)
+    overlap = find_overlap(run.cfg, cfg, samples)  # the run's own images or patients: not an external set
+    if overlap and not allow_overlap:
+        raise DataError(overlap.line(Path(run_dir).name) + "; pass --allow-overlap to score it anyway (marked as such)")
+    if overlap.not_checked:
+        log.warning(f"warning: overlap with the run's data not checked: {overlap.not_checked}")
+    if overlap:
+        log.warning("warning: " + overlap.line(Path(run_dir).name) + " (scored anyway: --allow-overlap)")
+    overlap = replace(overlap, allowed=bool(overlap))
     scores, skipped = score_files(run, [(s.image, s.frame) for s in samples], on_error=cfg.data.on_error,
                                   progress=progress)
     indices, probs = _per_sample_scores(samples, scores, skipped)
@@ -83,6 +93,7 @@ def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: s
         "unit": "image (frames averaged)" if len(items) < len(indices) else "image",
         "n_samples": len(indices), "n_images": len(items), "n_patients": len({it["patient_id"] for it in items}),
         "n_skipped": len(all_skipped), "skipped": all_skipped, "seeds": list(run.seeds), "test": block,
+        "overlap": overlap.to_json(),
     }
     RunFolder.write_json(RunFolder(out).summary, summary)
     _write_report(out, summary, items, cfg)
@@ -91,7 +102,13 @@ def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: s
 
 def _write_report(out: Path, summary: dict, items, cfg) -> None:
     t, fmt = summary["test"], (lambda v: "n/a" if v is None else f"{v:.3f}")  # noqa: E731
-    lines = [f"# External evaluation of {Path(summary['run']).name} on {Path(summary['manifest']).name}", "",
+    ov = summary["overlap"]
+    lines = [f"# {'External evaluation' if ov['external'] else 'Evaluation (NOT external: overlaps the run)'} of "
+             f"{Path(summary['run']).name} on {Path(summary['manifest']).name}", "",
+             *([f"**Not an external set**: {len(ov['by_path'])} images are files of the run's data, "
+                f"{len(ov['by_pixels'])} repeat its pixels (exactly or nearly), {len(ov['by_patient'])} patient ids "
+                "are the run's. These figures overstate performance on new patients.", ""]
+               if not ov["external"] else []),
              f"{summary['n_images']} images from {summary['n_patients']} patients ({summary['n_skipped']} skipped); "
              f"ensemble of {t['n_models']} fold models; threshold {summary['threshold']:.3f} from the run "
              "(not re-tuned here). Unit of analysis: " + summary["unit"] + ".", "",
@@ -119,11 +136,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="output folder (default RUN_DIR/eval_<manifest name>)")
     ap.add_argument("--on-error", choices=["raise", "skip"], help="unreadable files (default: the run's data.on_error)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--allow-overlap", action="store_true",
+                    help="score a manifest that shares files, pixels or patients with the run's data (marked as such)")
     args = ap.parse_args(argv)
     setup_logging(quiet=args.quiet)
     if not args.manifest.is_file():
         raise ConfigError(f"--manifest {args.manifest}: file not found")
-    s = evaluate(args.run_dir, args.manifest, args.out, args.on_error, progress=not args.quiet)
+    s = evaluate(args.run_dir, args.manifest, args.out, args.on_error, progress=not args.quiet,
+                 allow_overlap=args.allow_overlap)
     t = s["test"]
     ci = t.get("ci95", {}).get("auroc")
     auroc = "n/a" if t.get("auroc") is None else f"{t['auroc']:.3f}"
