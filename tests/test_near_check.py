@@ -126,3 +126,24 @@ def test_distinct_images_of_one_patient_are_not_near_copies(tmp_path):
     patients = [s.patient_id for s in decoded.samples]
     assert sum(patients.count(p) - 1 for p in set(patients)) >= 3  # follow-up scans to tell apart
     assert decoded_groups(cfg, decoded) == []
+
+
+def test_summary_counts_the_images_grouped(copies):
+    """summary.json's data_checks block counts what the check merged (here: the copies of camera and ct)."""
+    from pipeline.config import load_config
+    from pipeline.data import near_check
+    from pipeline.data.datasets import decode_samples
+    from pipeline.data.manifest import load_manifest
+    from pipeline.data.prepare import Prepared
+    from pipeline.results.data_checks import data_checks_block
+
+    root, rows = copies
+    cfg = load_config("smoke", [f"data.manifest={_manifest(root, rows, 'summary.csv')}", "data.demo=null",
+                                "data.near_duplicates=group", "data.image_size=128"])
+    manifest = load_manifest(cfg)
+    decoded = decode_samples(cfg, manifest.samples)
+    groups = near_check.decoded_groups(cfg, decoded)
+    block = data_checks_block(cfg, Prepared(manifest, near_check.apply(cfg, decoded), None))
+    assert block["copy_groups"] == len(groups) == 2
+    assert block["images_grouped_with_a_copy"] == sum(len(g.members) - 1 for g in groups) >= 10
+    assert block["shortcuts"] == []

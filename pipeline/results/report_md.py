@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline.results.data_checks import markdown as data_checks_markdown
 from pipeline.results.label_issues import markdown as label_issues_markdown
 from pipeline.results.report_plots import figures, point_label
 from pipeline.runfolder import RunFolder
@@ -134,7 +135,7 @@ def write_report(folder: RunFolder, summary: dict, oof, test, cfg, tracker=None)
         plt.close(fig)
         lines += ["", f"![{name}]({name}.png)"]
     lines += seeds_markdown(summary).splitlines()
-    lines += label_issues_markdown(summary)
+    lines += data_checks_markdown(summary) + label_issues_markdown(summary)
     if folder.cam_panel.is_file():  # drawn after training (report.cam_panel), before this report
         lines += ["", "## Where the fold ensemble looks (Grad-CAM, test set)", "",
                   "Most confident correct test images per class and the most confident errors. Each title gives "

@@ -26,6 +26,7 @@ from pipeline.model.deployment import Deployment
 from pipeline.model.models import build_model
 from pipeline.model.outputs import class_matrix, probability_fields
 from pipeline.model.stems import Normalization
+from pipeline.results.data_checks import data_checks_block
 from pipeline.results.records import FoldResult, Scores, Summary
 from pipeline.results.report import track_summary, write_predictions, write_summary
 from pipeline.results.report_md import write_report
@@ -245,7 +246,8 @@ def finish(cfg: Config, folder: RunFolder, prep: Prepared, per_seed: dict[int, l
             write_predictions(sub, o, cfg.task)
             write_summary(sub, o.summary)
             write_report(sub, o.summary.to_json(), o.oof, o.test, seed_config(cfg, s))
-    summary = outcomes.run.summary.with_(precision=choice, label_issues=_label_issues(cfg, folder, prep, outcomes.run))
+    summary = outcomes.run.summary.with_(precision=choice, label_issues=_label_issues(cfg, folder, prep, outcomes.run),
+                                         data_checks=data_checks_block(cfg, prep))
     outcome = replace(outcomes.run, summary=summary)
     write_predictions(folder, outcome, cfg.task)
     write_summary(folder, summary)
