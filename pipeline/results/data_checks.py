@@ -19,10 +19,13 @@ def markdown(summary: dict) -> list[str]:
     b = summary.get("data_checks")
     if not b:
         return []
-    lines = ["", "## Data checks", "",
-             f"{b['images_grouped_with_a_copy']} images were grouped with an exact or near copy of another image "
-             f"({b['copy_groups']} groups; data.near_duplicates: {b['near_duplicates']}), so each copy sits in its "
-             "original's fold: copies on both sides of a split would let a model be scored on images it trained on."]
+    grouped = (f"{b['images_grouped_with_a_copy']} images were grouped with an exact or near copy of another image "
+               f"({b['copy_groups']} groups), so each copy sits in its original's fold: copies on both sides of a "
+               "split would let a model be scored on images it trained on.")
+    if b["near_duplicates"] != "group":
+        grouped = (f"Near copies were not grouped (data.near_duplicates: {b['near_duplicates']}); "
+                   f"{b['images_grouped_with_a_copy']} images were grouped with an exact copy.")
+    lines = ["", "## Data checks", "", grouped]
     if b["shortcuts"]:
         lines += ["", "Manifest columns that track the label (a model can learn them instead of the finding; break "
                       "the results down by them, the prediction files carry the columns):", ""]
