@@ -43,30 +43,26 @@ def test_overlap_by_path_pixels_and_patient(smoke_run, small_chest, tmp_path, ca
     pixels, _ = read_gray(str(small_chest.parent / dev[0]["image"]))
     pixels = ((pixels - pixels.min()) / (pixels.max() - pixels.min()) * 255).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "export.png")
-    cases = {
-        "clean": clean,
-        "path": clean + [{"image": str(small_chest.parent / dev[1]["image"]), "label": dev[1]["label"],
-                          "patient_id": "EXT9"}],
-        "pixels": clean + [{"image": "export.png", "label": dev[0]["label"], "patient_id": "EXT8"}],
-        "patient": clean[:-1] + [dict(clean[-1], patient_id=dev[2]["patient_id"])],
-    }
-    out = {}
-    for name, rows in cases.items():
-        rc = _evaluate(smoke_run, _write(tmp_path / f"{name}.csv", rows), tmp_path / f"ev_{name}")
-        out[name] = (rc, capsys.readouterr().err.strip().splitlines())
-    assert out["clean"][0] == 0
-    for name, what in (("path", "1 images are files of the run's data"),
-                       ("pixels", "1 images repeat the pixels of the run's images"),
-                       ("patient", f"1 patient ids are the run's (e.g. {dev[2]['patient_id']})")):
-        rc, err = out[name]
-        assert rc == 2 and len(err) == 1 and "not external to run smoke" in err[0] and what in err[0], (name, err)
-    assert "export.png ~ " + dev[0]["image"] in out["pixels"][1][0]
+    path_row = {"image": str(small_chest.parent / dev[1]["image"]), "label": dev[1]["label"], "patient_id": "EXT9"}
+    pixel_row = {"image": "export.png", "label": dev[0]["label"], "patient_id": "EXT8"}
+    patient_row = dict(clean[-1], patient_id=dev[2]["patient_id"])
+    # one manifest with one row of each kind: the one line names all three
+    mixed = _write(tmp_path / "mixed.csv", clean[:-1] + [path_row, pixel_row, patient_row])
+    rc = _evaluate(smoke_run, mixed, tmp_path / "ev_mixed")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: this manifest is not external to run smoke: "), err
+    assert "1 images are files of the run's data" in err[0]
+    assert "2 images repeat the pixels of the run's images" in err[0]  # the copied file and the export
+    assert f"1 patient ids are the run's (e.g. {dev[2]['patient_id']})" in err[0]
+    assert not (tmp_path / "ev_mixed" / "summary.json").exists()  # nothing scored
 
+    assert _evaluate(smoke_run, _write(tmp_path / "clean.csv", clean), tmp_path / "ev_clean") == 0
+    _write(tmp_path / "pixels.csv", clean + [pixel_row])
     # --allow-overlap scores it anyway, marked in summary.json and report.md
     assert _evaluate(smoke_run, tmp_path / "pixels.csv", tmp_path / "ev_allowed", "--allow-overlap") == 0
     summary = json.loads((tmp_path / "ev_allowed" / "summary.json").read_text())
     assert summary["overlap"]["external"] is False and summary["overlap"]["allowed"] is True
-    assert summary["overlap"]["by_pixels"][0]["image"] == "export.png"
+    assert [(p["image"], p["run_image"]) for p in summary["overlap"]["by_pixels"]] == [("export.png", dev[0]["image"])]
     assert "NOT external" in (tmp_path / "ev_allowed" / "report.md").read_text().splitlines()[0]
     clean_summary = json.loads((tmp_path / "ev_clean" / "summary.json").read_text())
     assert clean_summary["overlap"]["external"] is True
