@@ -305,13 +305,16 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else resolve_data_path(cfg.data.manifest).parent / f"audit-{cfg.task.name}"
     out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(rep)
-    shortcuts = shortcut_table(load_manifest(cfg).samples)  # manifest columns that track the label
+    scfg = cfg.model_copy(deep=True)
+    scfg.data.on_error = "skip"  # as the audit reads: unreadable files are reported above, not a stop here
+    readable = load_manifest(scfg).samples
+    shortcuts = shortcut_table(readable)  # manifest columns that track the label
     rep["shortcuts"] = [s.to_json() for s in shortcuts]
     md += "\n" + shortcuts_markdown(shortcuts)
     if cfg.data.near_duplicates != "off":  # near copies by perceptual hash, on the pixels training sees
         from pipeline.tools.audit_near import near_duplicate_rows, write_near_duplicates
 
-        rows, decoded = near_duplicate_rows(cfg, load_manifest(cfg).samples)
+        rows, decoded = near_duplicate_rows(scfg, readable)
         write_near_duplicates(rows, decoded, out)
         rep["near_duplicates"] = {"groups": len({r["group"] for r in rows}), "images": len(rows)}
         md += (f"\n## Near copies\n\n{rep['near_duplicates']['groups']} groups, {len(rows)} images within "
