@@ -33,12 +33,14 @@ from pipeline.config import load_config
 from pipeline.data.checks import check_pixels, group_copies, pixel_digest
 from pipeline.data.cv import make_splits
 from pipeline.data.manifest import load_manifest
+from pipeline.data.prepare import final_samples
 from pipeline.data.shortcuts import shortcut_table
 from pipeline.data.shortcuts import to_markdown as shortcuts_markdown
 from pipeline.demo import ensure_demo_data
 from pipeline.errors import DataError, ImageReadError, error_reason, exits_on_error
 from pipeline.io import detect_format, read_gray
 from pipeline.io.dicom import read_dicom_header
+from pipeline.runfolder import RunFolder
 from pipeline.schema import resolve_data_path
 
 
@@ -316,15 +318,19 @@ def main(argv=None) -> int:
 
         rows, decoded = near_duplicate_rows(scfg, readable)
         write_near_duplicates(rows, decoded, out)
+        try:  # the folds training draws: the same grouping of exact and near copies, on the same pixels
+            rep["splits"] = final_samples(scfg, decoded, 0)[1].to_json()
+        except DataError as exc:
+            rep["folds_error"] = str(exc)
         rep["near_duplicates"] = {"groups": len({r["group"] for r in rows}), "images": len(rows)}
         md += (f"\n## Near copies\n\n{rep['near_duplicates']['groups']} groups, {len(rows)} images within "
                f"{cfg.data.near_duplicate_bits} bits (near_duplicates.csv, near_duplicates.png)\n")
     if args.run:  # suspect labels of a finished run
         from pipeline.results.label_issues import find_issues, items_from_predictions, to_csv
 
-        oof = Path(args.run) / "oof_predictions.csv"
+        oof = RunFolder(args.run).oof_predictions
         if not oof.is_file():
-            raise DataError(f"--run {args.run}: no oof_predictions.csv (not a finished run folder)")
+            raise DataError(f"--run {args.run}: no {RunFolder.OOF} (not a finished run folder)")
         issues = find_issues(cfg.task, items_from_predictions(cfg.task, oof))
         (out / "label_issues.csv").write_text(to_csv(cfg.task, issues))
         rep["label_issues"] = len(issues)
