@@ -138,7 +138,7 @@ def test_folds_as_separate_processes_then_aggregate_match_one_run(copies_manifes
     assert agg.returncode == 0, agg.stderr[-2000:]
     assert _results(run) == _results(whole)
     assert sorted(_epoch_records(run)) == sorted(_epoch_records(whole))
-    for name in ("report.md", "oof_predictions.csv", "test_predictions.csv", "deployment.json"):
+    for name in ("report.md", "oof_predictions.csv", "deployment.json"):  # no split column: no test set
         assert (run / name).is_file()
     # the copies share their originals' groups in what the run saved, and the audit draws the very same folds
     groups = {}
