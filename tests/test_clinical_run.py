@@ -109,13 +109,21 @@ def test_run_test_predictions_are_the_calibrated_probabilities_predict_returns(r
 
 
 def test_evaluate_reports_the_blocks_on_an_external_manifest(run, small_chest, tmp_path):
-    assert evaluate_main([str(run), "--manifest", str(small_chest), "--out", str(tmp_path), "--quiet"]) == 0
-    s = json.loads((tmp_path / "summary.json").read_text())
+    rows = [{**r, "image": str(small_chest.parent / r["image"])} for r in _csv(small_chest) if r["split"] == "test"]
+    manifest = tmp_path / "external.csv"  # the held-out rows with absolute paths (the shared set stays as it is)
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "ev"
+    assert evaluate_main([str(run), "--manifest", str(manifest), "--out", str(out), "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_images"] == len(rows)
     for block in BLOCKS:
         assert s[block], block
     assert s["calibration"]["temperature"] == load_run(run).deployment.temperature
     assert s["subgroups"]["external"] and s["conformal"]["external"]["n"] == s["n_images"]
-    assert "sd_pneumonia" in _csv(tmp_path / "predictions.csv")[0]
-    report = (tmp_path / "report.md").read_text()
+    assert "sd_pneumonia" in _csv(out / "predictions.csv")[0]
+    report = (out / "report.md").read_text()
     for heading in ("## Calibration", "## Subgroups", "## Decision curve", "## Uncertainty per case"):
         assert heading in report
