@@ -1,6 +1,6 @@
 """The run folder: every path of its contract, and every read and atomic write of it, in one place.
 
-    RUN/config.yaml  splits.json  samples.json  skipped.csv  precision.json  summary.json  report.md
+    RUN/config.yaml  splits.json  samples.json  skipped.csv  precision.json  summary.json  report.md  checklist.md
     RUN/oof_predictions.csv  test_predictions.csv  deployment.json  metrics.jsonl  tensorboard/  FAILED.txt
     RUN/fold_K/{best.pt, last.pt, result.json, metrics.jsonl}      (RUN/seed_S/fold_K/... with repeated seeds)
 
@@ -38,6 +38,7 @@ class RunFolder:
     TENSORBOARD = "tensorboard"
     FAILED = "FAILED.txt"
     CAM_PANEL = "cam_panel.png"
+    CHECKLIST = "checklist.md"
     BEST = "best.pt"
     LAST = "last.pt"
     RESULT = "result.json"
@@ -79,6 +80,7 @@ class RunFolder:
     tensorboard = property(lambda self: self.root / self.TENSORBOARD)
     failed = property(lambda self: self.root / self.FAILED)
     cam_panel = property(lambda self: self.root / self.CAM_PANEL)
+    checklist = property(lambda self: self.root / self.CHECKLIST)
 
     def file(self, name: str) -> Path:
         """A file of the run beside the contract's (plots and tables that report.md links)."""

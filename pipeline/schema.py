@@ -248,6 +248,16 @@ class ReportConfig(Strict):
     # Grad-CAM panel (RUN/cam_panel.png, in report.md) on the most confident test cases and errors; never drawn
     # when tracking.log_images is false
     cam_panel: bool = True
+    # temperature: one logit temperature (per class for multi-label) fitted on the pooled out-of-fold logits and
+    # applied to every probability of the finished run (test set, predict, evaluate, exports); none: raw outputs
+    calibrate: Literal["temperature", "none"] = "temperature"
+    # breakdowns of the metrics by manifest columns or DICOM attributes (view_position, patient_sex, age_band,
+    # manufacturer, manufacturer_model_name, body_part_examined, modality, or any manifest column)
+    subgroups: list[str] = Field(default_factory=list)
+    # a subgroup with fewer images (or fewer than 5 of either class) gets "too small" instead of estimates
+    subgroup_min_n: int = Field(20, ge=1)
+    # split conformal prediction sets on the out-of-fold scores at this error rate (binary and multi-class)
+    conformal_alpha: float = Field(0.1, gt=0, lt=1)
 
 
 class TrackingConfig(Strict):

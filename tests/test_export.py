@@ -21,6 +21,14 @@ def _reference(run_dir, fold, x):
         return module(x)
 
 
+def _predicts(run, x):
+    """What predict / evaluate compute: the calibrated fold ensemble (inference.build_ensemble)."""
+    from pipeline.deploy.inference import build_ensemble
+
+    with torch.no_grad():
+        return build_ensemble(run)(x).numpy()
+
+
 @pytest.mark.parametrize("fold", [0, None], ids=["fold0", "ensemble"])
 def test_onnx_matches_pytorch(smoke_run, tmp_path, fold):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e '.[export]')")
@@ -34,7 +42,10 @@ def test_onnx_matches_pytorch(smoke_run, tmp_path, fold):
         diff = np.abs(got - _reference(smoke_run, fold, x).numpy()).max()
         print(f"onnx {'ensemble' if fold is None else 'fold 0'} batch {b}: max abs diff {diff:.2e}")
         assert got.shape == (b, 2) and diff < 1e-4
+        if fold is None:  # the calibrated probabilities predict's module returns
+            assert np.abs(got - _predicts(run, x)).max() < 1e-5
     assert meta["model"]["folds"] == ([0, 1] if fold is None else [0])
+    assert meta["temperature"] == run.deployment.temperature and meta["temperature"] not in (None, [1.0])
 
 
 @pytest.mark.parametrize("fold", [0, None], ids=["fold0", "ensemble"])
@@ -48,6 +59,9 @@ def test_exported_program_matches_pytorch(smoke_run, tmp_path, fold):
             diff = float((loaded(x) - _reference(smoke_run, fold, x)).abs().max())
         print(f"exported-program {'ensemble' if fold is None else 'fold 0'} batch {b}: max abs diff {diff:.2e}")
         assert diff < 1e-4
+        if fold is None:
+            with torch.no_grad():
+                assert np.abs(loaded(x).numpy() - _predicts(run, x)).max() < 1e-5
 
 
 def test_rgb_input_equals_gray_model_on_luminance(smoke_run, tmp_path):

@@ -129,11 +129,12 @@ class SignedBinary(nn.Module):
     """(B, 1) logit z -> (B, 2) [t - z, z - t] with t the threshold's logit: column 1 is the positive class,
     column 0 the negative class's evidence, and argmax is the run's decision at its operating point."""
 
-    def __init__(self, model: nn.Module, threshold: float):
+    def __init__(self, model: nn.Module, threshold: float, temperature: float = 1.0):
         super().__init__()
         self.model = model
         p = min(max(float(threshold), 1e-6), 1 - 1e-6)
-        self.t = float(np.log(p / (1 - p)))
+        # a calibrated run decides sigmoid(z / T) >= threshold, i.e. z >= T * logit(threshold)
+        self.t = float(temperature * np.log(p / (1 - p)))
 
     def forward(self, x):
         z = self.model(x)[:, :1] - self.t
@@ -152,13 +153,15 @@ def cam_maps(run: FinishedRun, images: torch.Tensor, models: Sequence[nn.Module]
     models = list(models) if models is not None else run.models()
     task, norm = run.task, run.normalization
     with torch.no_grad():
-        probs = EnsembleModule(models, norm, task)(images)
+        probs = EnsembleModule(models, norm, task, run.deployment.temperature)(images)
     if task.type == "binary":
         if target == "positive":
             return cam_maps_for_class(models, norm, images, 0)
         pos = task.classes.index(task.positive)
         pred = (probs[:, pos] >= run.threshold).long()  # 1: positive column of SignedBinary
-        models = [SignedBinary(m, run.threshold) for m in models]
+        t = run.deployment.temperature
+        models = [SignedBinary(m, run.threshold, float(np.atleast_1d(t)[0]) if t is not None else 1.0)
+                  for m in models]
     else:
         pred = probs.argmax(1)
     out = np.zeros((images.shape[0], *images.shape[-2:]), dtype=np.float32)
@@ -198,7 +201,7 @@ def write_cams(run: FinishedRun | Path, items: Sequence[tuple[str, int | None]],
         batch = torch.from_numpy(np.stack(pixels))[:, None]
         maps = cam_maps(run, batch, models, target)
         with torch.no_grad():  # the probability of the very pixels mapped (for a cine: this frame)
-            probs = EnsembleModule(models, run.normalization, run.task)(batch).numpy()
+            probs = EnsembleModule(models, run.normalization, run.task, run.deployment.temperature)(batch).numpy()
         for j, ((path, frame), image, cam, p) in enumerate(zip(chunk, pixels, maps, probs, strict=True)):
             # a run that hides file names (privacy.hide_file_names) shows the position in `items` instead, in
             # the PNG's name and in its title

@@ -28,24 +28,35 @@ from pipeline.schema import TaskConfig
 
 
 class EnsembleModule(nn.Module):
-    """(B, C_in, S, S) pixels in [0, 1] -> (x - mean) / std -> mean of the members' probabilities, class order."""
+    """(B, C_in, S, S) pixels in [0, 1] -> (x - mean) / std -> each member's logits / temperature -> mean of the
+    members' probabilities, class order. `temperature` is the run's calibration (deployment.json, fitted by
+    pipeline.results.calibration): one value, or one per class for multi-label; None leaves the logits alone."""
 
-    def __init__(self, models: Sequence[nn.Module], norm: Normalization, task: TaskConfig):
+    def __init__(self, models: Sequence[nn.Module], norm: Normalization, task: TaskConfig,
+                 temperature: float | Sequence[float] | None = None):
         super().__init__()
         self.models = nn.ModuleList(models)
         self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1))
+        t = [1.0] if temperature is None else np.atleast_1d(np.asarray(temperature, dtype=float)).tolist()
+        self.register_buffer("temperature", torch.tensor(t, dtype=torch.float32).view(1, -1))
         self.task_type = task.type
         self.positive_index = task.classes.index(task.positive)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def member_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, B, C) calibrated probabilities of every member, class order (their spread is the ensemble's
+        uncertainty per case)."""
         x = (x - self.mean) / self.std
-        scores = torch.stack([probabilities(self.task_type, m(x)) for m in self.models]).mean(0)
-        return class_columns(self.task_type, self.positive_index, scores)
+        return torch.stack([class_columns(self.task_type, self.positive_index,
+                                          probabilities(self.task_type, m(x) / self.temperature))
+                            for m in self.models])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.member_probs(x).mean(0)
 
 
 def build_ensemble(run: FinishedRun) -> EnsembleModule:
-    return EnsembleModule(run.models(), run.normalization, run.task).eval()
+    return EnsembleModule(run.models(), run.normalization, run.task, run.deployment.temperature).eval()
 
 
 def predicted_label(task: TaskConfig, probs: np.ndarray, threshold: float) -> str:
@@ -64,6 +75,7 @@ class FileScore:
     frames: int
     probs: np.ndarray  # (C,) class order
     predicted: str
+    spread: np.ndarray | None = None  # (C,) standard deviation of the fold models' probabilities
 
 
 @torch.no_grad()
@@ -89,7 +101,7 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
 
     def flush():
         if pending:
-            outputs.append(module(torch.stack(pending)).numpy())
+            outputs.append(module.member_probs(torch.stack(pending)).numpy())  # (M, B, C)
             pending.clear()
         if bar is not None:
             bar.update(waiting[0])
@@ -123,11 +135,13 @@ def score_files(run: FinishedRun, items: Sequence[tuple[str, int | None]], *, on
     flush()
     if bar is not None:
         bar.close()
-    out = np.concatenate(outputs) if outputs else np.zeros((0, len(run.task.classes)))
+    n_members = len(module.models)
+    out = np.concatenate(outputs, 1) if outputs else np.zeros((n_members, 0, len(run.task.classes)))
     owner_arr = np.array(owner, dtype=int)
     scores = []
     for k, path in enumerate(kept):
-        probs = out[owner_arr == k].mean(0)
+        members = out[:, owner_arr == k].mean(1)  # (M, C): each fold model's mean over the file's frames
+        probs = members.mean(0)
         scores.append(FileScore(path, int((owner_arr == k).sum()), probs,
-                                predicted_label(run.task, probs, run.threshold)))
+                                predicted_label(run.task, probs, run.threshold), members.std(0)))
     return scores, skipped

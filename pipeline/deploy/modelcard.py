@@ -61,7 +61,9 @@ def export_metadata(run: FinishedRun, *, fmt: str, input_kind: str, files: dict[
                   "value_range": [0.0, 1.0], "channels": "RGB" if channels == 3 else "grey",
                   "normalization_in_graph": run.normalization.to_dict()},
         "output": {"name": "probabilities", "shape": ["batch", len(task.classes)], "dtype": "float32",
-                   "meaning": "per-class probability, mean of the fold models",
+                   "meaning": "per-class probability, mean of the fold models"
+                              + (" (each model's logits divided by `temperature`)" if run.deployment.temperature
+                                 is not None else ""),
                    "columns": list(task.classes)},
         "preprocessing": preprocessing(run, input_kind),
         "task": {"name": task.name, "type": task.type, "classes": list(task.classes),

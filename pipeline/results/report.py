@@ -57,14 +57,17 @@ def _arrays(items, task_type):
 
 
 def _write_predictions(path: Path, items, task, with_fold: bool, predicted: list[str] | None = None):
-    """One row per image; `predicted` (the decision at the run's threshold) adds a last column."""
+    """One row per image; `predicted` (the decision at the run's threshold) adds a column, and items with an
+    'sd' (the fold models' spread per class, pipeline.results.clinical) add sd_<class> columns."""
     probs = class_matrix(task, [it["prob"] for it in items])
+    spread = bool(items) and all("sd" in it for it in items)
     fields = ["image", "patient_id"] + (["fold"] if with_fold else []) + ["frames", "label"]
     extra = list(dict.fromkeys(c for it in items for c in it.get("extra", {})))  # the manifest's other columns
     fields += extra
     if task.type == "multilabel":
         fields += [f"label_{c}" for c in task.classes]
     fields += probability_fields(task) + (["predicted"] if predicted is not None else [])
+    fields += [f"sd_{c}" for c in task.classes] if spread else []
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(fields)
@@ -74,6 +77,7 @@ def _write_predictions(path: Path, items, task, with_fold: bool, predicted: list
             if task.type == "multilabel":
                 row += ["" if np.isnan(v) else int(v) for v in it["target"]]
             row += [f"{v:.6f}" for v in pr] + ([predicted[j]] if predicted is not None else [])
+            row += [f"{v:.6f}" for v in it["sd"]] if spread else []
             w.writerow(row)
 
 
@@ -231,6 +235,9 @@ def track_summary(cfg, summary: Summary, tracker) -> None:
         for k in METRICS:
             tracker.scalar(Tags.test(k), summary.test.get(k), 0)
     tracker.hparams(*_hparams(cfg, summary.to_json()))
+    from pipeline.results.clinical_report import log_scalars  # imports report (for its tables): no cycle here
+
+    log_scalars(tracker, summary.to_json())
 
 
 def format_table(summary: dict) -> str:

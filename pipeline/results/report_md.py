@@ -123,7 +123,10 @@ def write_report(folder: RunFolder, summary: dict, oof, test, cfg, tracker=None)
     lines += ["", "## Confusion matrix", "", *_confusion(summary, t or summary["oof"], "test" if t else "out-of-fold")]
     lines += _operating_points(summary.get("operating_points"))
 
-    figs = figures(summary, oof, test, cfg.report.calibration_bins)
+    from pipeline.results import clinical_report
+
+    lines += clinical_report.markdown(summary)
+    figs = {**figures(summary, oof, test, cfg.report.calibration_bins), **clinical_report.figures(summary)}
     if figs:
         lines += ["", "## Figures"]
     for name, fig in figs.items():
@@ -144,6 +147,7 @@ def write_report(folder: RunFolder, summary: dict, oof, test, cfg, tracker=None)
                   "bar), so they say where the model looks, not how sure it is. A map on a corner marker or text "
                   "instead of anatomy is a shortcut.",
                   "", f"![Grad-CAM panel]({folder.CAM_PANEL})"]
+    lines += ["", f"Reporting checklist (TRIPOD+AI, CLAIM) filled from this run: `{folder.CHECKLIST}`."]
     lines += ["", f"Files: `{folder.SUMMARY}` (with `provenance`: package versions, git commit, manifest and "
               f"config hashes, machine, wall time), `{folder.OOF}`, `{folder.TEST}`, `{folder.SPLITS}`, "
               f"`{folder.DEPLOYMENT}` (what predict, evaluate and export read), `fold_K/{folder.BEST}`, "

@@ -25,6 +25,7 @@ from pipeline.errors import ConfigError, DataError, exits_on_error
 from pipeline.logs import log, setup_logging
 from pipeline.model.deployment import DEPLOYED_DATA
 from pipeline.model.outputs import class_matrix
+from pipeline.results.clinical import evaluate_blocks
 from pipeline.results.report import _aggregate, _write_predictions, score_items
 from pipeline.runfolder import RunFolder
 from pipeline.tools.overlap import find_overlap
@@ -79,6 +80,9 @@ def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: s
     if task.type == "binary":  # the run's own score form: p(positive) for binary, class vectors otherwise
         probs = [p[task.classes.index(task.positive)] for p in probs]
     items = _aggregate(samples, indices, probs)
+    by_path = {sc.image: sc.spread for sc in scores}
+    spread = {s.image_text: by_path[s.image] for s in samples if s.image in by_path}
+    items = [{**it, "sd": spread[it["image"]]} for it in items]  # the fold models' spread per file
     block = score_items(cfg, items, run.threshold, len(run.checkpoints))
 
     out = Path(out) if out else Path(run_dir) / f"eval_{Path(manifest).stem}"
@@ -94,6 +98,7 @@ def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: s
         "n_samples": len(indices), "n_images": len(items), "n_patients": len({it["patient_id"] for it in items}),
         "n_skipped": len(all_skipped), "skipped": all_skipped, "seeds": list(run.seeds), "test": block,
         "overlap": overlap.to_json(),
+        **evaluate_blocks(cfg, run, samples, items),
     }
     RunFolder.write_json(RunFolder(out).summary, summary)
     _write_report(out, summary, items, cfg)
@@ -118,14 +123,30 @@ def _write_report(out: Path, summary: dict, items, cfg) -> None:
         lines.append(f"| {k} | {fmt(t.get(k))} | {f'{c[0]:.3f} – {c[1]:.3f}' if c else ''} |")
     import matplotlib.pyplot as plt
 
+    from pipeline.results import clinical_report
     from pipeline.results.report_plots import figures
 
-    for name, fig in figures(summary, [], items, cfg.report.calibration_bins, "external (fold ensemble)").items():
+    lines += clinical_report.markdown(summary)
+    figs = {**figures(summary, [], items, cfg.report.calibration_bins, "external (fold ensemble)"),
+            **clinical_report.figures(summary)}
+    for name, fig in figs.items():
         fig.savefig(out / f"{name}.png", dpi=110)
         plt.close(fig)
         lines += ["", f"![{name}]({name}.png)"]
     lines += ["", f"Files: `predictions.csv`, `{RunFolder.SUMMARY}`.", ""]
     RunFolder.write_text(RunFolder(out).report, "\n".join(lines))
+
+
+def _clinical_line(s: dict) -> str:
+    """ECE (calibrated probabilities) and conformal coverage for the console line."""
+    parts = []
+    ece = ((s.get("calibration") or {}).get("external") or {}).get("after", {}).get("ece")
+    if ece is not None:
+        parts.append(f"ECE {ece:.3f}")
+    conf = (s.get("conformal") or {}).get("external")
+    if conf:
+        parts.append(f"conformal coverage {conf['coverage']:.3f} at alpha {s['conformal']['alpha']}")
+    return (", " + ", ".join(parts)) if parts else ""
 
 
 @exits_on_error
@@ -149,7 +170,7 @@ def main(argv=None) -> int:
     auroc = "n/a" if t.get("auroc") is None else f"{t['auroc']:.3f}"
     log.info(f"{s['n_images']} images, {s['n_patients']} patients: AUROC {auroc}"
              + (f" (95% CI {ci[0]:.3f} - {ci[1]:.3f})" if ci and t.get("auroc") is not None else "")
-             + f" at threshold {s['threshold']:.3f}; results in {args.out or args.run_dir / ('eval_' + args.manifest.stem)}")
+             + f" at threshold {s['threshold']:.3f}" + _clinical_line(s) + "; results in {args.out or args.run_dir / ('eval_' + args.manifest.stem)}")
     for sk in s["skipped"]:
         print(f"skipped: {sk['image']}: {sk['reason']}", file=sys.stderr)
     return 0

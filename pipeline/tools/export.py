@@ -70,7 +70,7 @@ def export_module(run: FinishedRun, input_kind: str = "gray") -> EnsembleModule:
     models = run.models()
     if input_kind == "rgb":
         models = [rgb_stem(m).eval() for m in models]
-    return EnsembleModule(models, run.normalization, run.task).eval()
+    return EnsembleModule(models, run.normalization, run.task, run.deployment.temperature).eval()
 
 
 def example_input(run: FinishedRun, input_kind: str, batch: int = 2) -> torch.Tensor:

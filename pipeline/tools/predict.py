@@ -38,7 +38,9 @@ def _predict(run: FinishedRun, images: list[tuple[str, int | None]], on_error: s
         skipped = [{**s, "image": position[s["image"]]} for s in skipped]
     rows = [{"image": s.image, "frames": s.frames,
              **{f: round(float(v), 6) for f, v in zip(fields, s.probs, strict=True)},
-             "predicted": s.predicted} for s in scores]
+             "predicted": s.predicted,
+             **{f"sd_{c}": round(float(v), 6) for c, v in zip(run.task.classes, s.spread, strict=True)}}
+            for s in scores]
     return rows, skipped, run.task.classes
 
 
@@ -85,7 +87,8 @@ def main(argv=None) -> int:
     rows, skipped, classes = _predict(run, items, args.on_error, progress=bool(args.out))
     if args.out:
         with args.out.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["image", "frames", *(f"prob_{c}" for c in classes), "predicted"])
+            w = csv.DictWriter(fh, fieldnames=["image", "frames", *(f"prob_{c}" for c in classes), "predicted",
+                                               *(f"sd_{c}" for c in classes)])  # sd: spread of the fold models
             w.writeheader()
             w.writerows(rows)
     else:

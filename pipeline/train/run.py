@@ -26,6 +26,7 @@ from pipeline.model.deployment import Deployment
 from pipeline.model.models import build_model
 from pipeline.model.outputs import class_matrix, probability_fields
 from pipeline.model.stems import Normalization
+from pipeline.results.checklist import write_checklist
 from pipeline.results.data_checks import data_checks_block
 from pipeline.results.records import FoldResult, Scores, Summary
 from pipeline.results.report import track_summary, write_predictions, write_summary
@@ -256,11 +257,13 @@ def finish(cfg: Config, folder: RunFolder, prep: Prepared, per_seed: dict[int, l
         task=cfg.task, model=cfg.model.model_copy(update={"stem": trained.stem_strategy if trained else cfg.model.stem}),
         normalization=Normalization.from_dict(trained.normalization) if trained else None,
         data=cfg.data, precision=choice["precision"], channels_last=choice["channels_last"],
-        threshold=summary.threshold, folds=tuple(f["fold"] for f in summary.folds), seeds=tuple(seeds),
+        threshold=summary.threshold, temperature=(summary.calibration or {}).get("temperature"),
+        folds=tuple(f["fold"] for f in summary.folds), seeds=tuple(seeds),
         hide_file_names=cfg.privacy.hide_file_names)
     write_deployment(folder, deployment)
     _panel(cfg, folder, prep, outcome, deployment)
     write_report(folder, summary.to_json(), outcome.oof, outcome.test, cfg, tracker)
+    write_checklist(folder, summary.to_json(), cfg)
     track_summary(cfg, summary, tracker)
     if len(seeds) == 1:
         tracker.merge_metrics([r.fold for r in per_seed[seeds[0]]])

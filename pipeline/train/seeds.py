@@ -51,15 +51,26 @@ class SeedOutcomes:
 
 def summarize_seeds(cfg: Config, prep, per_seed: dict[int, list[FoldResult]],
                     started: float | None = None) -> SeedOutcomes:
-    seeds = list(per_seed)
+    from pipeline.results import clinical
+
+    seeds, samples = list(per_seed), prep.decoded.samples
+    # one temperature (report.calibrate) for every fold model of every seed, applied to each model's
+    # probabilities before any averaging, as the deployed ensemble does; every number below is calibrated
+    raw = per_seed
+    temperature, per_seed = clinical.calibrate(cfg, samples, raw)
     if len(seeds) == 1:
-        top = summarize(cfg, prep, per_seed[seeds[0]], started=started)
+        top_results, top_raw = per_seed[seeds[0]], raw[seeds[0]]
+        top = summarize(cfg, prep, top_results, started=started)
         outcomes = {seeds[0]: top}
     else:
-        top = summarize(cfg, prep, combine(per_seed), started=started)
+        top_results, top_raw = combine(per_seed), combine(raw)
+        top = summarize(cfg, prep, top_results, started=started)
         # every seed scored at the run's one operating point, so per-seed numbers compare with the top level
         outcomes = {s: summarize(seed_config(cfg, s), prep, per_seed[s], threshold=top.summary.threshold)
                     for s in seeds}
+    blocks = clinical.run_blocks(cfg, samples, top.summary.threshold, temperature, clinical.raw_items(samples, top_raw),
+                                 {"oof": top.oof, "test": top.test})
+    top = clinical.with_spread(replace(top, summary=top.summary.with_(**blocks)), samples, top_results, cfg.task)
     cv_mean, cv_sd = mean_sd([o.summary.mean for o in outcomes.values()])
     test_mean, test_sd = mean_sd([o.summary.test or {} for o in outcomes.values()])
     summary = top.summary.with_(
