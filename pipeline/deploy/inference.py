@@ -22,30 +22,38 @@ from pipeline.data.datasets import image_reader
 from pipeline.data.manifest import expand_frames
 from pipeline.deploy.finished import FinishedRun
 from pipeline.errors import DataError, ImageReadError, error_reason
-from pipeline.model.outputs import class_columns, probabilities
+from pipeline.model.outputs import class_columns
 from pipeline.model.stems import Normalization
+from pipeline.model.tta import tta_scores
 from pipeline.schema import TaskConfig
 
 
 class EnsembleModule(nn.Module):
-    """(B, C_in, S, S) pixels in [0, 1] -> (x - mean) / std -> mean of the members' probabilities, class order."""
+    """(B, C_in, S, S) pixels in [0, 1] -> (x - mean) / std -> mean of the members' probabilities, class order.
+    `tta` (the run's inference.tta): each member's probability is its mean over the test-time views."""
 
-    def __init__(self, models: Sequence[nn.Module], norm: Normalization, task: TaskConfig):
+    def __init__(self, models: Sequence[nn.Module], norm: Normalization, task: TaskConfig, tta: str = "none"):
         super().__init__()
         self.models = nn.ModuleList(models)
         self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1))
         self.task_type = task.type
         self.positive_index = task.classes.index(task.positive)
+        self.tta = tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
-        scores = torch.stack([probabilities(self.task_type, m(x)) for m in self.models]).mean(0)
+        scores = torch.stack([tta_scores(m, x, self.task_type, self.tta)[1] for m in self.models]).mean(0)
         return class_columns(self.task_type, self.positive_index, scores)
 
 
+def run_tta(run: FinishedRun) -> str:
+    """The run's test-time augmentation (inference.tta), as its deployment record keeps it."""
+    return run.deployment.extra.get("tta", "none")
+
+
 def build_ensemble(run: FinishedRun) -> EnsembleModule:
-    return EnsembleModule(run.models(), run.normalization, run.task).eval()
+    return EnsembleModule(run.models(), run.normalization, run.task, run_tta(run)).eval()
 
 
 def predicted_label(task: TaskConfig, probs: np.ndarray, threshold: float) -> str:
