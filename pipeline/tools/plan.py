@@ -45,7 +45,7 @@ class Planned:
 
 def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto", *, exclude=(),
               label_column: str = "label", patient_column: str = "patient_id",
-              backbone: str = "tf_efficientnet_lite0") -> Planned:
+              backbone: str = "tf_efficientnet_lite0", threads: int | None = None) -> Planned:
     from pipeline import distributed
     from pipeline.train.fingerprint import fingerprint
     from pipeline.train.planner import plan_config, to_yaml
@@ -54,7 +54,7 @@ def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto",
     budget_s = parse_budget(budget)
     t0 = time.perf_counter()
     fp = fingerprint(manifest, label_column=label_column, patient_column=patient_column, exclude=list(exclude))
-    probe = probe_speed(backbone, distributed.select_device(device))
+    probe = probe_speed(backbone, distributed.select_device(device), threads=threads)
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(fp.manifest).parent.name if Path(fp.manifest).is_file()
                   else Path(fp.manifest).name) or "planned"
     plan = plan_config(fp, probe, budget_s, name=name, exclude=list(exclude))

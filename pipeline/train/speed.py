@@ -56,7 +56,7 @@ def _timed(step, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def probe_speed(backbone: str, device: torch.device, *, threads: int | None = None, batch: int = 16,
+def probe_speed(backbone: str, device: torch.device, *, threads: int | None = None, batch: int = 8,
                 steps: int = 2, sizes: tuple[int, ...] = PROBE_SIZES) -> SpeedProbe:
     """`threads`: torch threads while probing, as the run will use them (train.threads or every core it may
     use: pipeline/threads.py); restored afterwards."""
