@@ -49,15 +49,22 @@ def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto",
     from pipeline import distributed
     from pipeline.train.fingerprint import fingerprint
     from pipeline.train.planner import plan_config, to_yaml
-    from pipeline.train.speed import probe_speed
+    from pipeline.train.speed import best_threads, probe_speed
 
     budget_s = parse_budget(budget)
     t0 = time.perf_counter()
     fp = fingerprint(manifest, label_column=label_column, patient_column=patient_column, exclude=list(exclude))
-    probe = probe_speed(backbone, distributed.select_device(device), threads=threads)
+    dev = distributed.select_device(device)
+    tried = {}
+    if threads is None:
+        threads, tried = best_threads(backbone, dev)
+    probe = probe_speed(backbone, dev, threads=threads)
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(fp.manifest).parent.name if Path(fp.manifest).is_file()
                   else Path(fp.manifest).name) or "planned"
     plan = plan_config(fp, probe, budget_s, name=name, exclude=list(exclude))
+    if tried:
+        plan.set("train.threads", threads, "faster of " + " and ".join(
+            f"{n} thread{'s' * (n > 1)} ({1 / t:.0f} img/s)" for n, t in tried.items()) + " in a probe just now")
     if label_column != "label":
         plan.set("data.label_column", label_column, "--label-column")
     if patient_column != "patient_id":
@@ -66,6 +73,9 @@ def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto",
               f"({probe.threads} threads); predicted {plan.predicted_s / 60:.1f} min.\n"
               f"Data: {fp.images} files, {fp.samples} samples, {fp.patients} patients, {fp.modality} "
               f"({fp.modality_source}).")
+    if plan.predicted_s > budget_s:
+        header += (f"\nOVER BUDGET: even the smallest image and one full epoch are predicted at "
+                   f"{plan.predicted_s / 60:.1f} min on this device now; a larger budget or a faster device.")
     if not fp.patient_ids:
         header += ("\nNO patient ids: every image counts as its own patient, so patients with several images can "
                    "sit in different folds\nand the figures are optimistic; add a patient_id column if you can.")

@@ -142,8 +142,9 @@ def plan_config(fp: Fingerprint, probe: SpeedProbe, budget_s: float, *, name: st
         why_e = f"the budget allows {epochs} of the {want} epochs that {TARGET_STEPS} target steps ask for"
     p.predicted_s = cost(size, epochs)
     ips = 1 / (probe.train_time(size) * LOADER_OVERHEAD)
-    p.set("data.image_size", size, f"median short side {fp.short_side_median} px (cap {cap}); {size} px fits "
-          f"{budget_s / 60:.0f} min at {ips:.0f} img/s training ({probe.device}, predicted "
+    fits = "fits" if p.predicted_s <= budget_s else "is the smallest; it does NOT fit"
+    p.set("data.image_size", size, f"median short side {fp.short_side_median} px (cap {cap}); {size} px {fits} "
+          f"{budget_s / 60:g} min at {ips:.0f} img/s training ({probe.device}, predicted "
           f"{p.predicted_s / 60:.1f} min)")
     lr_full, lr_head = 3e-4 * scale, 3e-3 * scale
     p.set("train.stages", [

@@ -33,6 +33,8 @@ class SpeedProbe:
     seconds: float  # what the probe itself took
 
     def _fit(self, values: tuple[float, ...], size: int) -> float:
+        if len(values) == 1:
+            return values[0] * size * size / (self.sizes[0] ** 2)
         (s0, s1), (t0, t1) = self.sizes[:2], values[:2]
         b = max((t1 - t0) / (s1 * s1 - s0 * s0), 0.0)
         a = max(t0 - b * s0 * s0, 0.0)
@@ -46,6 +48,24 @@ class SpeedProbe:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def best_threads(backbone: str, device: torch.device, size: int = 128, batch: int = 8) -> tuple[int, dict]:
+    """On a CPU: 1 thread or every core the process may use, whichever trains faster now. On a CPU shared with
+    busy processes all cores can be many times slower than one (a thread that is not scheduled stalls every
+    parallel region); on an idle one all cores win. (chosen threads, {threads: s per image})."""
+    cores = available_cores()
+    if device.type != "cpu" or cores == 1:
+        return cores, {}
+    times = {}
+    saved = torch.get_num_threads()
+    try:
+        for n in (1, cores):
+            torch.set_num_threads(n)
+            times[n] = _probe(backbone, device, batch, 1, (size,)).train_s_per_image[0]
+    finally:
+        torch.set_num_threads(saved)
+    return min(times, key=times.get), times
 
 
 def _timed(step, steps: int) -> float:
