@@ -119,7 +119,7 @@ def plan_config(fp: Fingerprint, probe: SpeedProbe, budget_s: float, *, name: st
 
     # image size and epochs from the budget: epochs for TARGET_STEPS first, then the largest size that fits
     # (native resolution caps it); with budget left at the cap, more epochs (up to twice the target)
-    tta = 2 if us else 1
+    tta = 1  # test-time views per image (inference.tta below)
     want = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps)))
     cap = _size_cap(fp)
     usable = budget_s * BUDGET_SHARE
@@ -157,7 +157,8 @@ def plan_config(fp: Fingerprint, probe: SpeedProbe, budget_s: float, *, name: st
     if us:
         aug = {"flip": 0.5, "rotate_deg": 10, "scale": 0.1, "translate": 0.05, "gamma": 0.3}
         p.set("augment", aug, "ultrasound: left-right flips are plausible B-mode images")
-        p.set("inference.tta", "flip", "ultrasound: the image and its mirror averaged, in every scoring path")
+        p.set("inference.tta", "none", "flips are allowed for ultrasound, but flip TTA has not yet won a paired "
+              "3-seed comparison here (docs/plan.md); inference.tta: flip turns it on")
     else:
         aug = {"flip": 0.0, "rotate_deg": 7, "scale": 0.08, "translate": 0.04, "gamma": 0.2}
         p.set("augment", aug, f"{fp.modality}: no flips (laterality matters on chest films)")
