@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"folds; start a new run instead (resume may change only {resume_may_change_text()})")
     else:
         planned = auto_plan(args)
-        cfg = load_config(planned.path if planned else args.config, args.overrides)
+        cfg = planned.load(args.overrides) if planned else load_config(args.config, args.overrides)
     if args.quiet:
         cfg.train.progress = False
     dist, device = distributed.init(cfg.train.device)

@@ -17,6 +17,15 @@ class PlannedRun:
     path: str  # the planned YAML (a temporary file; config.yaml of the run is the resolved copy)
     record: dict
 
+    def load(self, overrides: list[str]):
+        """The planned config with the command line's --set overrides; the temporary YAML goes."""
+        from pipeline.config import load_config
+
+        try:
+            return load_config(self.path, overrides)
+        finally:
+            Path(self.path).unlink(missing_ok=True)
+
     def write(self, run_dir: Path) -> None:
         RunFolder.write_json(RunFolder.of(run_dir).plan, self.record)
 
