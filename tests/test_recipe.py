@@ -1,6 +1,7 @@
 """Recipe parts on real tensors: weight EMA (timm ModelEmaV3), test-time flips in the run, predict and ONNX,
 MixUp's targets, label smoothing, and the config rules that keep flips away from chest films."""
 
+import copy
 import csv
 
 import numpy as np
@@ -14,12 +15,15 @@ from pipeline.config import load_config
 from pipeline.data.datasets import image_reader
 from pipeline.deploy.finished import load_run
 from pipeline.errors import ConfigError
+from pipeline.model.models import build_model
+from pipeline.results.tracking import Tracker
 from pipeline.schema import EmaConfig
 from pipeline.tools.export import export, export_module
 from pipeline.tools.predict import predict_files
 from pipeline.train.ema import make_ema
 from pipeline.train.engine import make_loss, train_one_epoch
 from pipeline.train.mixing import build_mixup
+from pipeline.train.trainer import FoldTrainer
 
 
 def _net():
@@ -135,3 +139,30 @@ def test_tta_same_in_run_test_predictions_predict_and_onnx(recipe_run, small_che
         # predict rounds to 6 decimals; the run's CSV holds the fold models' own TTA scores
         assert abs(got["prob_pneumonia"] - float(want["prob_pneumonia"])) < 1e-5
         assert abs(onnx_probs[k, 1] - got["prob_pneumonia"]) < 1e-5
+
+
+def test_ema_travels_in_the_resume_checkpoint():
+    """A fold stopped after its first epoch and resumed from state_dict() ends with the same weights as one
+    run straight through: the stage's average goes on instead of restarting from the live weights."""
+    cfg = load_config("smoke", ["train.ema={decay: 0.8, warmup: false}", "data.image_size=32", "model.drop_rate=0",
+                                "train.stages=[{name: full, train: all, epochs: 2, lr: 0.001}]"])
+    g = torch.Generator().manual_seed(0)
+    batches = [{"image": torch.rand(4, 1, 32, 32, generator=g), "target": torch.tensor([0, 1, 0, 1.0]),
+                "index": torch.arange(4) + 4 * k} for k in range(2)]
+
+    def trainer():
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 1).model
+        return FoldTrainer(cfg, 0, model, make_loss("binary"), torch.device("cpu"), train_loader=batches,
+                           val_loader=batches, tracker=Tracker(None, enabled=False))
+
+    saved = []
+    straight = trainer()
+    # a deep copy, as last.pt on disk is: on the CPU state_dict() shares the live tensors' storage
+    straight.fit(on_epoch_end=lambda t: saved.append(copy.deepcopy(t.state_dict())))
+    assert saved[0].ema is not None and saved[0].epoch_in_stage == 1
+    resumed = trainer()
+    resumed.load_state_dict(saved[0])
+    resumed.fit()
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), k

@@ -3,7 +3,7 @@
 The average starts from the weights the stage begins with; validation and the best-checkpoint copy read the
 averaged model, and when the stage ends the live model takes the averaged weights, so the next stage goes on
 from what was validated. A cached-feature head stage trains a few epochs on fixed features: it is not averaged.
-A resumed stage restarts the average from the restored weights (last.pt keeps the live weights only).
+The average travels in the resume checkpoint (fold_K/last.pt), so a resumed stage goes on with it.
 """
 
 from __future__ import annotations

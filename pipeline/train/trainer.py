@@ -160,6 +160,7 @@ class FoldTrainer:
         self.scaler = scaler
         self.mix = mix  # MixUp/CutMix of image batches (train.mixup), pipeline/train/mixing.py
         self.ema = None  # the current stage's weight average (train.ema), pipeline/train/ema.py
+        self._resume_ema: dict | None = None  # its saved weights, for a resume inside the stage
         self.random_objects = list(random_objects)  # every RNG an epoch draws from, besides the global ones
         self.state = FoldState(fold=fold)
         self.position = Position()
@@ -177,6 +178,7 @@ class FoldTrainer:
             scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
             scaler=self.scaler.state_dict() if self.scaler is not None and self.optimizer is not None else None,
             fold_state=self.state.to_json(), best_state=self.state.best_state,
+            ema=None if self.ema is None else {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()},
             rng=capture_rng(self.random_objects))
 
     def load_state_dict(self, saved: ResumeState) -> None:
@@ -184,6 +186,7 @@ class FoldTrainer:
         self.state = FoldState.from_json(saved.fold_state, saved.best_state)
         self.position = Position(saved.stage_index, saved.epoch_in_stage, saved.stage_step)
         self._pending = {"optimizer": saved.optimizer, "scheduler": saved.scheduler, "scaler": saved.scaler}
+        self._resume_ema = saved.ema
         restore_rng(saved.rng, self.random_objects)
 
     # ---- training ----------------------------------------------------------------------------------------------
@@ -242,6 +245,9 @@ class FoldTrainer:
             steps = max(1, len(self.train_loader))
         self._begin_stage(stage, steps)
         self.ema = None if cached else make_ema(model, cfg.train.ema)
+        if self.ema is not None and self._resume_ema is not None and self.position.epoch_in_stage > 0:
+            self.ema.module.load_state_dict(self._resume_ema)  # resuming inside the stage: its average goes on
+        self._resume_ema = None
         judged = model if self.ema is None else self.ema.module  # what validation and the best copy read
         progress = cfg.train.progress and self.dist.is_main and not cached
         for epoch_in_stage in range(self.position.epoch_in_stage + 1, stage.epochs + 1):
