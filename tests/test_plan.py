@@ -141,3 +141,16 @@ def test_budget_parsing_and_config_auto(small_chest, tmp_path, capsys):
     assert record["budget_s"] == 180 and record["fingerprint"]["images"] == len(small_chest.read_text().splitlines()) - 1
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["image_size"] == record["keys"]["data.image_size"]["value"]
+
+
+def test_plan_command_writes_a_config_and_its_record(small_chest, tmp_path):
+    from pipeline.tools.plan import main as plan_main
+
+    out, record = tmp_path / "my.yaml", tmp_path / "plan.json"
+    assert plan_main([str(small_chest), "--budget", "10m", "--threads", "1", "--out", str(out),
+                      "--json", str(record)]) == 0
+    cfg = load_config(str(out))
+    data = json.loads(record.read_text())
+    assert cfg.data.image_size == data["keys"]["data.image_size"]["value"] and data["probe"]["threads"] == 1
+    assert out.read_text().startswith("# Planned by `graystem plan` for a 10-minute budget")
+    assert plan_main([str(tmp_path / "missing.csv")]) == 2

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave these images out")
     p.add_argument("--label-column", default="label")
     p.add_argument("--patient-column", default="patient_id")
+    p.add_argument("--threads", type=int, help="CPU threads the run will use (default: 1 or every core, whichever "
+                   "a short probe finds faster now)")
     p.add_argument("--json", type=Path, help="also write the plan's record (fingerprint, probe, reasons)")
     return p
 
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     planned = make_plan(args.manifest, args.budget, args.device, exclude=args.exclude,
-                        label_column=args.label_column, patient_column=args.patient_column)
+                        label_column=args.label_column, patient_column=args.patient_column, threads=args.threads)
     if args.out:
         args.out.write_text(planned.yaml_text)
         print(f"wrote {args.out} (predicted {planned.record['predicted_s'] / 60:.1f} of "
