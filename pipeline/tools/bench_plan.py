@@ -18,8 +18,11 @@ def run_suite(budgets: list[str], manifest: str | None = None, threads: int | No
     from pipeline.cli import main as train_main
     from pipeline.demo import make_demo
 
+    extra = []
     if manifest is None:
         manifest = str(make_demo(Path("data/demo"), which=("ultrasound",))["ultrasound"])
+        # the synthetic patients are renders of one template: near copies by hash (as configs/smoke.yaml says)
+        extra = ["--set", "data.near_duplicates=warn"]
     out = {"manifest": manifest, "cpu_count": os.cpu_count(), "runs": []}
     for budget in budgets:
         load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
@@ -27,6 +30,7 @@ def run_suite(budgets: list[str], manifest: str | None = None, threads: int | No
             run = Path(tmp) / "run"
             argv = ["--config", "auto", "--set", f"data.manifest={manifest}", "--budget", budget, "--quiet",
                     "--output-dir", str(run), "--set", "report.cam_panel=false"]
+            argv += extra
             if threads:
                 argv += ["--set", f"train.threads={threads}"]
             code = train_main(argv)
