@@ -29,6 +29,7 @@ from pipeline.demo import ensure_demo_data
 from pipeline.errors import ConfigError, exits_on_error
 from pipeline.logs import log as logger
 from pipeline.logs import setup_logging
+from pipeline.planrun import auto_plan
 from pipeline.runfolder import RunFolder
 from pipeline.schema import resolve_data_path
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write summary, report and predictions of a run whose folds ran as separate processes")
     p.add_argument("--dry-run", action="store_true", help="validate config and data, write splits, stop")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--budget", metavar="TIME", help="with --config auto: the wall time to plan for (90s, 30m, 2h; "
+                   "default 30m); the run records RUN/plan.json and the time it took against it")
     p.add_argument("--seeds", type=int, metavar="N", help="repeat the whole CV with training seeds seed .. seed+N-1 "
                    "on the same folds (sets train.repeats)")
     return p
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.append(f"train.repeats={args.seeds}")
     setup_logging(quiet=args.quiet)
     log = logger.info
+    planned = None
     if args.aggregate:
         return _aggregate(args)
     if args.resume:
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--resume {args.resume}: --set changes {', '.join(changed)}, which shaped the finished "
                               f"folds; start a new run instead (resume may change only {resume_may_change_text()})")
     else:
-        cfg = load_config(args.config, args.overrides)
+        planned = auto_plan(args)
+        cfg = planned.load(args.overrides) if planned else load_config(args.config, args.overrides)
     if args.quiet:
         cfg.train.progress = False
     dist, device = distributed.init(cfg.train.device)
@@ -110,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             publish_config(cfg, RunFolder(run_dir).config)
         if not args.dry_run:  # a dry run names its folder only at the end, and only if it keeps it
             log(f"run folder: {run_dir}")
+        if planned is not None:
+            planned.write(run_dir)
     run_dir = distributed.broadcast(run_dir, dist)
     from pipeline.results.report import format_table
     from pipeline.results.report_md import format_seeds
@@ -122,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(cfg, run_dir, folds=args.fold, resume=bool(args.resume or args.fold), dry_run=args.dry_run,
                       dist=dist, device=device)
     distributed.shutdown(dist)
+    if planned is not None and summary is not None and dist.is_main:
+        log(planned.finish(run_dir, time.perf_counter() - t0))
     if args.dry_run and created and not args.output_dir and dist.is_main:
         # a dry run checks; it leaves no half-made run folder unless asked for one (--output-dir keeps
         # config.yaml, splits.json and skipped.csv for inspection, or for --fold processes to share)

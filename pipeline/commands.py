@@ -24,6 +24,7 @@ COMMANDS = {  # name -> module; its description is the first line of the module'
     "index": "pipeline.tools.index_dicom",
     "preview": "pipeline.tools.preview",
     "check-stem": "pipeline.tools.check_stem",
+    "plan": "pipeline.tools.plan",
     "benchmark": "pipeline.tools.benchmark",
     "demo": "pipeline.demo",
 }

@@ -34,6 +34,7 @@ class RunFolder:
     OOF = "oof_predictions.csv"
     TEST = "test_predictions.csv"
     DEPLOYMENT = "deployment.json"
+    PLAN = "plan.json"  # --config auto: the plan and the time the run took against its budget
     METRICS = "metrics.jsonl"
     TENSORBOARD = "tensorboard"
     FAILED = "FAILED.txt"
@@ -76,6 +77,7 @@ class RunFolder:
     oof_predictions = property(lambda self: self.root / self.OOF)
     test_predictions = property(lambda self: self.root / self.TEST)
     deployment = property(lambda self: self.root / self.DEPLOYMENT)
+    plan = property(lambda self: self.root / self.PLAN)
     metrics = property(lambda self: self.root / self.METRICS)
     tensorboard = property(lambda self: self.root / self.TENSORBOARD)
     failed = property(lambda self: self.root / self.FAILED)

@@ -216,6 +216,30 @@ def _default_stages() -> list[StageConfig]:
     ]
 
 
+class EmaConfig(Strict):
+    # weight EMA (timm's ModelEmaV3) over the optimiser steps of each stage that trains on images; validation and
+    # the best checkpoint use the averaged weights. Per-stage steps are few on small sets (BUSI: 13 per epoch),
+    # so the decay is far below ImageNet's 0.9998
+    decay: float = Field(0.99, gt=0, lt=1)
+    # timm's warm-up: decay grows as 1 - (1 + step)^-2/3 up to `decay`, so early steps are not dominated by
+    # the weights the stage started from
+    warmup: bool = True
+
+
+class MixupConfig(Strict):
+    # timm's Mixup (batch mode): each batch mixes with its reverse; targets mix with the same lambda
+    mixup_alpha: float = Field(0.2, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    prob: float = Field(1.0, ge=0, le=1)  # chance that a batch is mixed at all
+    switch_prob: float = Field(0.5, ge=0, le=1)  # with both alphas > 0: chance of CutMix instead of MixUp
+
+    @model_validator(mode="after")
+    def _some_alpha(self):
+        if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
+            raise ValueError("mixup: set mixup_alpha or cutmix_alpha above 0 (or drop train.mixup)")
+        return self
+
+
 class TrainConfig(Strict):
     batch_size: int = Field(32, ge=1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -230,6 +254,10 @@ class TrainConfig(Strict):
     repeats: int = Field(1, ge=1)
     monitor: Literal[MONITORS] = "auroc"
     class_weights: Literal["none", "balanced"] = "none"
+    # targets pulled towards uniform by this much (binary: t(1-e) + e/2; multi-class: torch's label_smoothing)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    ema: EmaConfig | None = None  # weight EMA; off by default (no paired comparison has shown it helps yet)
+    mixup: MixupConfig | None = None  # MixUp / CutMix in stages that train on images; binary and multi-class
     stages: list[StageConfig] = Field(default_factory=_default_stages, min_length=1)
     log_every: int = Field(10, ge=1)
     progress: bool = True
@@ -265,6 +293,13 @@ class TrackingConfig(Strict):
     log_images: bool = True
 
 
+class InferenceConfig(Strict):
+    # test-time augmentation of the fold ensemble: 'flip' averages the probabilities of the image and its
+    # left-right mirror. Applied alike to the run's out-of-fold and test predictions, predict, evaluate and every
+    # export (pipeline/model/tta.py). Only where training flipped too (augment.flip > 0): never for chest films
+    tta: Literal["none", "flip"] = "none"
+
+
 class OutputConfig(Strict):
     dir: str = "runs"
     name: str | None = None  # default: <task.name>-<timestamp>
@@ -287,6 +322,7 @@ class Config(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cv: CVConfig = Field(default_factory=CVConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
@@ -301,4 +337,14 @@ class Config(Strict):
         if self.model.in_chans != 1:
             raise ValueError("model.in_chans: training reads one gray channel per image; set in_chans: 1 "
                              "(several channels are available to the model factory, not yet to the data path)")
+        return self
+
+    @model_validator(mode="after")
+    def _recipe_parts(self):
+        if self.inference.tta == "flip" and self.augment.flip == 0:
+            raise ValueError("inference.tta: 'flip' needs augment.flip > 0 (a modality where mirror images are "
+                             "plausible; never for chest films, where laterality matters)")
+        if self.train.mixup is not None and self.task.type == "multilabel":
+            raise ValueError("train.mixup: only for binary and multi-class tasks (timm's Mixup needs one label "
+                             "per image)")
         return self

@@ -11,7 +11,7 @@ import pipeline
 PKG = Path(pipeline.__file__).parent
 # a layer may import its own and any later layer, never an earlier one
 LAYERS = [
-    {"cli", "commands", "__main__", "tools", "demo"},
+    {"cli", "commands", "__main__", "planrun", "tools", "demo"},
     {"train"},
     {"deploy"},
     {"results"},

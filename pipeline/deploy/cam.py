@@ -148,12 +148,12 @@ def cam_maps(run: FinishedRun, images: torch.Tensor, models: Sequence[nn.Module]
     finds no positive evidence in gets an all-zero map); multi-class the ensemble's predicted class.
     target='predicted': binary runs map the class decided at the run's threshold (negative evidence for
     images called negative)."""
-    from pipeline.deploy.inference import EnsembleModule
+    from pipeline.deploy.inference import EnsembleModule, run_tta
 
     models = list(models) if models is not None else run.models()
     task, norm = run.task, run.normalization
     with torch.no_grad():
-        probs = EnsembleModule(models, norm, task, run.deployment.temperature)(images)
+        probs = EnsembleModule(models, norm, task, run.deployment.temperature, run_tta(run))(images)
     if task.type == "binary":
         if target == "positive":
             return cam_maps_for_class(models, norm, images, 0)
@@ -188,7 +188,7 @@ def load_pixels(run: FinishedRun, items: Sequence[tuple[str, int | None]]) -> li
 def write_cams(run: FinishedRun | Path, items: Sequence[tuple[str, int | None]], out_dir: Path, *,
                save_npy: bool = False, batch_size: int = 16, target: str = "positive") -> list[Path]:
     """For each (file, frame): out_dir/<name>_cam.png (and .npy); returns the PNG paths in input order."""
-    from pipeline.deploy.inference import EnsembleModule
+    from pipeline.deploy.inference import EnsembleModule, run_tta
 
     run = run if isinstance(run, FinishedRun) else load_run(Path(run))
     out_dir = Path(out_dir)
@@ -201,7 +201,8 @@ def write_cams(run: FinishedRun | Path, items: Sequence[tuple[str, int | None]],
         batch = torch.from_numpy(np.stack(pixels))[:, None]
         maps = cam_maps(run, batch, models, target)
         with torch.no_grad():  # the probability of the very pixels mapped (for a cine: this frame)
-            probs = EnsembleModule(models, run.normalization, run.task, run.deployment.temperature)(batch).numpy()
+            probs = EnsembleModule(models, run.normalization, run.task, run.deployment.temperature,
+                                   run_tta(run))(batch).numpy()
         for j, ((path, frame), image, cam, p) in enumerate(zip(chunk, pixels, maps, probs, strict=True)):
             # a run that hides file names (privacy.hide_file_names) shows the position in `items` instead, in
             # the PNG's name and in its title

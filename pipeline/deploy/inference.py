@@ -22,18 +22,20 @@ from pipeline.data.datasets import image_reader
 from pipeline.data.manifest import expand_frames
 from pipeline.deploy.finished import FinishedRun
 from pipeline.errors import DataError, ImageReadError, error_reason
-from pipeline.model.outputs import class_columns, probabilities
+from pipeline.model.outputs import class_columns
 from pipeline.model.stems import Normalization
+from pipeline.model.tta import tta_scores
 from pipeline.schema import TaskConfig
 
 
 class EnsembleModule(nn.Module):
     """(B, C_in, S, S) pixels in [0, 1] -> (x - mean) / std -> each member's logits / temperature -> mean of the
     members' probabilities, class order. `temperature` is the run's calibration (deployment.json, fitted by
-    pipeline.results.calibration): one value, or one per class for multi-label; None leaves the logits alone."""
+    pipeline.results.calibration): one value, or one per class for multi-label; None leaves the logits alone.
+    `tta` (the run's inference.tta): each member's probability is its mean over the test-time views."""
 
     def __init__(self, models: Sequence[nn.Module], norm: Normalization, task: TaskConfig,
-                 temperature: float | Sequence[float] | None = None):
+                 temperature: float | Sequence[float] | None = None, tta: str = "none"):
         super().__init__()
         self.models = nn.ModuleList(models)
         self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -42,21 +44,29 @@ class EnsembleModule(nn.Module):
         self.register_buffer("temperature", torch.tensor(t, dtype=torch.float32).view(1, -1))
         self.task_type = task.type
         self.positive_index = task.classes.index(task.positive)
+        self.tta = tta
 
     def member_probs(self, x: torch.Tensor) -> torch.Tensor:
         """(M, B, C) calibrated probabilities of every member, class order (their spread is the ensemble's
         uncertainty per case)."""
         x = (x - self.mean) / self.std
         return torch.stack([class_columns(self.task_type, self.positive_index,
-                                          probabilities(self.task_type, m(x) / self.temperature))
+                                          tta_scores(lambda v, m=m: m(v) / self.temperature, x, self.task_type,
+                                                     self.tta)[1])
                             for m in self.models])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.member_probs(x).mean(0)
 
 
+def run_tta(run: FinishedRun) -> str:
+    """The run's test-time augmentation (inference.tta), as its deployment record keeps it."""
+    return run.deployment.extra.get("tta", "none")
+
+
 def build_ensemble(run: FinishedRun) -> EnsembleModule:
-    return EnsembleModule(run.models(), run.normalization, run.task, run.deployment.temperature).eval()
+    return EnsembleModule(run.models(), run.normalization, run.task, run.deployment.temperature,
+                          run_tta(run)).eval()
 
 
 def predicted_label(task: TaskConfig, probs: np.ndarray, threshold: float) -> str:

@@ -162,6 +162,7 @@ class ResumeState:
     scaler: dict | None = field(default=None, repr=False)
     fold_state: str = "{}"  # stages.FoldState without best_state, as JSON
     best_state: dict | None = field(default=None, repr=False)
+    ema: dict | None = field(default=None, repr=False)  # the stage's weight average (train.ema), when on
     rng: dict = field(default_factory=dict, repr=False)
     logs: dict = field(default_factory=dict)  # {file relative to the run folder: bytes at save time}
 

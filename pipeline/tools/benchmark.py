@@ -1,6 +1,7 @@
 """Throughput of decoding and of the model, printed as ONE JSON object.
 
     graystem benchmark [--what decode,train,infer] [--size 128] [--batch 32] [--seconds 10] [--device auto]
+    graystem benchmark --suite plan [--budgets 2m,4m]   (planned runs: budget asked against time taken)
     graystem benchmark --suite scale     (decode cache / process pool / frozen stage / data wait / precision
                                           auto: see pipeline/tools/bench_scale.py)
 
@@ -171,8 +172,11 @@ def bench_model(what: list[str], size: int, batch: int, seconds: float, device_n
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--suite", choices=("default", "scale"), default="default",
-                   help="default: decode/train/infer throughput; scale: the issue-9 suite (bench_scale.py)")
+    p.add_argument("--suite", choices=("default", "scale", "plan"), default="default",
+                   help="default: decode/train/infer throughput; scale: the issue-9 suite (bench_scale.py); "
+                   "plan: planned runs, budget asked against time taken (bench_plan.py)")
+    p.add_argument("--budgets", default="2m,4m", help="--suite plan: budgets to plan and run (default 2m,4m)")
+    p.add_argument("--manifest", help="--suite plan: the data (default: the ultrasound demo)")
     p.add_argument("--what", default=",".join(WHAT), help="comma-separated: decode, train, infer (default all)")
     p.add_argument("--size", type=int, default=128, help="model input size (default 128)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
@@ -189,6 +193,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads must be >= 1")
+    if args.suite == "plan":
+        from pipeline.tools.bench_plan import main_plan
+
+        return main_plan(args.budgets, args.manifest, args.threads)
     if args.suite == "scale":
         import torch
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pipeline.deploy.finished import FinishedRun, load_run
-from pipeline.deploy.inference import EnsembleModule
+from pipeline.deploy.inference import EnsembleModule, run_tta
 from pipeline.deploy.modelcard import export_metadata, write_metadata_and_card
 from pipeline.errors import ConfigError, exits_on_error
 from pipeline.model.stems import RepeatChannels, stem_conv
@@ -70,7 +70,7 @@ def export_module(run: FinishedRun, input_kind: str = "gray") -> EnsembleModule:
     models = run.models()
     if input_kind == "rgb":
         models = [rgb_stem(m).eval() for m in models]
-    return EnsembleModule(models, run.normalization, run.task, run.deployment.temperature).eval()
+    return EnsembleModule(models, run.normalization, run.task, run.deployment.temperature, run_tta(run)).eval()
 
 
 def example_input(run: FinishedRun, input_kind: str, batch: int = 2) -> torch.Tensor:

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.model.models import freeze_bn_stats
-from pipeline.model.outputs import probabilities
+from pipeline.model.tta import tta_scores
+from pipeline.train.ema import update_ema
 
 
 def drops_last_batch(n: int, batch_size: int) -> bool:
@@ -27,16 +28,22 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size if drops_last_batch(n, batch_size) else -(-n // batch_size))
 
 
-def make_loss(task_type: str, pos_weight: torch.Tensor | None = None, class_weight: torch.Tensor | None = None):
+def make_loss(task_type: str, pos_weight: torch.Tensor | None = None, class_weight: torch.Tensor | None = None,
+              label_smoothing: float = 0.0):
+    """Soft targets (MixUp: binary floats, multi-class (B, C) rows) are accepted as they are."""
+    eps = label_smoothing
+
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         if task_type == "binary":
-            return F.binary_cross_entropy_with_logits(logits.squeeze(1), target, pos_weight=pos_weight)
+            return F.binary_cross_entropy_with_logits(logits.squeeze(1), target * (1 - eps) + eps / 2,
+                                                      pos_weight=pos_weight)
         if task_type == "multiclass":
-            return F.cross_entropy(logits, target.long(), weight=class_weight)
+            return F.cross_entropy(logits, target if target.ndim == 2 else target.long(), weight=class_weight,
+                                   label_smoothing=eps)
         known = ~torch.isnan(target)  # multi-label: blank labels are unknown and left out of the loss
-        per = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(target), pos_weight=pos_weight,
-                                                 reduction="none")
+        per = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(target) * (1 - eps) + eps / 2,
+                                                 pos_weight=pos_weight, reduction="none")
         return (per * known).sum() / known.sum().clamp(min=1)
 
     return loss_fn
@@ -58,8 +65,10 @@ def _to_device(batch, device, channels_last: bool):
 
 def train_one_epoch(model, loader, optimizer, loss_fn, device, *, scheduler=None, step0: int = 0,
                     frozen=(), precision="fp32", scaler=None, channels_last=True, progress=None,
-                    on_step=None, log_every: int = 10, backbone_no_grad: bool = False) -> dict:
+                    on_step=None, log_every: int = 10, backbone_no_grad: bool = False, ema=None,
+                    mix=None) -> dict:
     """`frozen`: modules whose BatchNorm statistics must not move (backbone-frozen stage).
+    `ema`: a timm ModelEmaV3 updated after every optimiser step; `mix`: (x, y) -> mixed (x, y) (MixUp/CutMix).
     `backbone_no_grad`: only the head trains, so timm's forward_features runs under no_grad (no activations
     kept for a backward that never reaches them) and only forward_head builds a graph."""
     model.train()
@@ -69,6 +78,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, *, scheduler=None
     step = step0
     for batch in loader:
         x, y = _to_device(batch, device, channels_last)
+        if mix is not None:
+            x, y = mix(x, y)
         with autocast(device, precision):
             if backbone_no_grad:
                 with torch.no_grad():
@@ -88,6 +99,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, *, scheduler=None
             loss.backward()
             optimizer.step()
         step += 1
+        update_ema(ema, model, step)
         if scheduler is not None:
             scheduler.step_update(num_updates=step)
         n = x.shape[0]
@@ -109,19 +121,21 @@ def epoch_stats(total_loss: float, count: int, step: int, optimizer, start: floa
 
 
 @torch.no_grad()
-def predict(model, loader, task_type: str, device, *, precision="fp32", channels_last=True, loss_fn=None) -> dict:
-    """Returns {'probs': ndarray, 'targets': ndarray, 'indices': ndarray, 'loss': float or None}."""
+def predict(model, loader, task_type: str, device, *, precision="fp32", channels_last=True, loss_fn=None,
+            tta: str = "none") -> dict:
+    """Returns {'probs': ndarray, 'targets': ndarray, 'indices': ndarray, 'loss': float or None}. `tta`
+    (inference.tta) averages the probabilities over the test-time views; the loss is the plain view's."""
     model.eval()
     probs, targets, indices = [], [], []
     total, count = 0.0, 0
     for batch in loader:
         x, y = _to_device(batch, device, channels_last)
         with autocast(device, precision):
-            logits = model(x)
+            logits, p = tta_scores(model, x, task_type, tta)
         if loss_fn is not None:
             total += loss_fn(logits, y).item() * x.shape[0]
             count += x.shape[0]
-        probs.append(probabilities(task_type, logits).cpu())
+        probs.append(p.cpu())
         targets.append(batch["target"])
         indices.append(batch["index"])
     return {

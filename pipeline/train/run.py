@@ -37,6 +37,7 @@ from pipeline.schema import Config
 from pipeline.threads import apply_threads, loader_workers
 from pipeline.train import precision as precision_auto
 from pipeline.train.engine import drops_last_batch, make_loss, predict
+from pipeline.train.mixing import build_mixup
 from pipeline.train.seeds import seed_config, summarize_seeds, training_seeds
 from pipeline.train.trainer import FoldTrainer, operating_threshold
 
@@ -110,9 +111,9 @@ def train_fold(cfg: Config, fold: int, prep: Prepared, folder: RunFolder, device
                 _loader(cfg, sample_dataset(cfg, prep.decoded, val_idx, eval_tf), False, device))
 
     trainer = FoldTrainer(
-        cfg, fold, model, make_loss(cfg.task.type, pos_weight, class_weight), device,
+        cfg, fold, model, make_loss(cfg.task.type, pos_weight, class_weight, cfg.train.label_smoothing), device,
         train_loader=train_loader, val_loader=val_loader, tracker=tracker, dist=dist, train_sampler=sampler,
-        feature_loaders=feature_loaders, random_objects=randomizables(train_loader.dataset),
+        feature_loaders=feature_loaders, mix=build_mixup(cfg), random_objects=randomizables(train_loader.dataset),
         scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" and device.type == "cuda" else None)
     f = prep.splits.folds[fold]
     folder.fold_dir(fold).mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def train_fold(cfg: Config, fold: int, prep: Prepared, folder: RunFolder, device
     def _scores(indices):
         loader = _loader(cfg, sample_dataset(cfg, prep.decoded, indices, eval_tf), False, device)
         out = predict(model, loader, cfg.task.type, device, precision=cfg.train.precision,
-                      channels_last=cfg.train.channels_last)
+                      channels_last=cfg.train.channels_last, tta=cfg.inference.tta)
         return Scores.of(out["indices"].tolist(), out["probs"])
 
     test_idx = prep.splits.test_indices(samples)
@@ -259,7 +260,7 @@ def finish(cfg: Config, folder: RunFolder, prep: Prepared, per_seed: dict[int, l
         data=cfg.data, precision=choice["precision"], channels_last=choice["channels_last"],
         threshold=summary.threshold, temperature=(summary.calibration or {}).get("temperature"),
         folds=tuple(f["fold"] for f in summary.folds), seeds=tuple(seeds),
-        hide_file_names=cfg.privacy.hide_file_names)
+        hide_file_names=cfg.privacy.hide_file_names, extra={"tta": cfg.inference.tta})
     write_deployment(folder, deployment)
     _panel(cfg, folder, prep, outcome, deployment)
     write_report(folder, summary.to_json(), outcome.oof, outcome.test, cfg, tracker)

@@ -27,6 +27,7 @@ from pipeline.model.models import set_trainable
 from pipeline.results.metrics import compute_metrics
 from pipeline.results.tracking import Tags, Tracker
 from pipeline.schema import Config, StageConfig
+from pipeline.train.ema import make_ema
 from pipeline.train.engine import predict, steps_per_epoch, train_one_epoch
 from pipeline.train.features import compute_features, feature_epoch, feature_predict
 from pipeline.vocab import EPOCH_METRICS
@@ -150,13 +151,16 @@ class FoldTrainer:
     def __init__(self, cfg: Config, fold: int, model, loss_fn: Callable, device: torch.device, *,
                  train_loader, val_loader, tracker: Tracker, dist: distributed.Dist = distributed.SINGLE,
                  train_sampler=None, feature_loaders: Callable | None = None,
-                 scaler: torch.amp.GradScaler | None = None, random_objects=()):
+                 scaler: torch.amp.GradScaler | None = None, random_objects=(), mix: Callable | None = None):
         self.cfg, self.model, self.loss_fn, self.device, self.dist = cfg, model, loss_fn, device, dist
         self.train_loader, self.val_loader, self.tracker = train_loader, val_loader, tracker
         self.train_sampler = train_sampler
         # builds the (train, val) loaders without augmentation for a cache_features stage, once per fold
         self.feature_loaders = feature_loaders
         self.scaler = scaler
+        self.mix = mix  # MixUp/CutMix of image batches (train.mixup), pipeline/train/mixing.py
+        self.ema = None  # the current stage's weight average (train.ema), pipeline/train/ema.py
+        self._resume_ema: dict | None = None  # its saved weights, for a resume inside the stage
         self.random_objects = list(random_objects)  # every RNG an epoch draws from, besides the global ones
         self.state = FoldState(fold=fold)
         self.position = Position()
@@ -174,6 +178,7 @@ class FoldTrainer:
             scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
             scaler=self.scaler.state_dict() if self.scaler is not None and self.optimizer is not None else None,
             fold_state=self.state.to_json(), best_state=self.state.best_state,
+            ema=None if self.ema is None else {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()},
             rng=capture_rng(self.random_objects))
 
     def load_state_dict(self, saved: ResumeState) -> None:
@@ -181,6 +186,7 @@ class FoldTrainer:
         self.state = FoldState.from_json(saved.fold_state, saved.best_state)
         self.position = Position(saved.stage_index, saved.epoch_in_stage, saved.stage_step)
         self._pending = {"optimizer": saved.optimizer, "scheduler": saved.scheduler, "scaler": saved.scaler}
+        self._resume_ema = saved.ema
         restore_rng(saved.rng, self.random_objects)
 
     # ---- training ----------------------------------------------------------------------------------------------
@@ -238,6 +244,11 @@ class FoldTrainer:
         else:
             steps = max(1, len(self.train_loader))
         self._begin_stage(stage, steps)
+        self.ema = None if cached else make_ema(model, cfg.train.ema)
+        if self.ema is not None and self._resume_ema is not None and self.position.epoch_in_stage > 0:
+            self.ema.module.load_state_dict(self._resume_ema)  # resuming inside the stage: its average goes on
+        self._resume_ema = None
+        judged = model if self.ema is None else self.ema.module  # what validation and the best copy read
         progress = cfg.train.progress and self.dist.is_main and not cached
         for epoch_in_stage in range(self.position.epoch_in_stage + 1, stage.epochs + 1):
             state.epoch += 1
@@ -245,12 +256,12 @@ class FoldTrainer:
                 self.train_sampler.set_epoch(state.epoch)
             stats = self._epoch(stage, train_model, frozen, cached, backbone_no_grad, progress)
             state.step += stats["steps"] - self.position.step_in_stage
-            metrics = validate_features(model, cfg, self) if cached else validate(model, self.val_loader, cfg, self)
+            metrics = validate_features(model, cfg, self) if cached else validate(judged, self.val_loader, cfg, self)
             if metrics.pop("constant_prediction", False):
                 log.warning(f"warning: fold {state.fold}, stage '{stage.name}', epoch {state.epoch}: the model "
                             "predicts the same probability for every validation image; its AUROC is not a score "
                             "(lower the learning rate, or check the labels)")
-            improved = update_best(state, model, monitor_score(metrics, cfg.train.monitor), metrics, stage.name)
+            improved = update_best(state, judged, monitor_score(metrics, cfg.train.monitor), metrics, stage.name)
             state.since_best = 0 if improved else state.since_best + 1
             record_epoch(self.tracker, state, stage.name, stats, metrics, improved)
             stop = bool(stage.patience and state.since_best >= stage.patience)
@@ -266,6 +277,9 @@ class FoldTrainer:
                 on_epoch_end(self)
             if stop:
                 break
+        if self.ema is not None:  # the next stage goes on from the weights that were validated
+            model.load_state_dict(self.ema.module.state_dict())
+            self.ema = None
         self.tracker.flush()
         self.optimizer = self.scheduler = None
         del train_model
@@ -295,7 +309,7 @@ class FoldTrainer:
                 train_model, self.train_loader, self.optimizer, self.loss_fn, self.device, scheduler=self.scheduler,
                 step0=step0, frozen=frozen, precision=cfg.train.precision, scaler=self.scaler,
                 channels_last=cfg.train.channels_last, progress=bar, on_step=on_step,
-                log_every=cfg.train.log_every, backbone_no_grad=backbone_no_grad)
+                log_every=cfg.train.log_every, backbone_no_grad=backbone_no_grad, ema=self.ema, mix=self.mix)
         except FloatingPointError as exc:
             raise TrainingError(
                 f"fold {state.fold}, stage '{stage.name}', epoch {state.epoch}: {exc}; lower "

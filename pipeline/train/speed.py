@@ -1,0 +1,120 @@
+"""A short speed probe for planning: seconds per image of a full-stage training step and of an eval forward
+pass, measured on this machine's device at two image sizes, extrapolated to others.
+
+Cost grows with the pixel count, plus a fixed part per image (per-sample overheads); two sizes fit
+t(s) = a + b * s^2 for both. The probe uses random pixels and a real optimiser step of the configured model
+(1-channel stem, bundled weights, AdamW, channels_last as training uses it), so it measures what the run will
+pay per image, less the data pipeline's share (the planner adds that, see planner.LOADER_OVERHEAD).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.model.models import build_model
+from pipeline.schema import ModelConfig
+from pipeline.threads import available_cores
+
+PROBE_SIZES = (128, 224)
+
+
+@dataclass(frozen=True)
+class SpeedProbe:
+    backbone: str
+    device: str
+    threads: int
+    sizes: tuple[int, ...]
+    train_s_per_image: tuple[float, ...]  # full stage (all layers train), per size
+    infer_s_per_image: tuple[float, ...]
+    seconds: float  # what the probe itself took
+
+    def _fit(self, values: tuple[float, ...], size: int) -> float:
+        if len(values) == 1:
+            return values[0] * size * size / (self.sizes[0] ** 2)
+        (s0, s1), (t0, t1) = self.sizes[:2], values[:2]
+        b = max((t1 - t0) / (s1 * s1 - s0 * s0), 0.0)
+        a = max(t0 - b * s0 * s0, 0.0)
+        return a + b * size * size
+
+    def train_time(self, size: int) -> float:
+        return self._fit(self.train_s_per_image, size)
+
+    def infer_time(self, size: int) -> float:
+        return self._fit(self.infer_s_per_image, size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def best_threads(backbone: str, device: torch.device, size: int = 128, batch: int = 8) -> tuple[int, dict]:
+    """On a CPU: 1 thread or every core the process may use, whichever trains faster now. On a CPU shared with
+    busy processes all cores can be many times slower than one (a thread that is not scheduled stalls every
+    parallel region); on an idle one all cores win. (chosen threads, {threads: s per image})."""
+    cores = available_cores()
+    if device.type != "cpu" or cores == 1:
+        return cores, {}
+    times = {}
+    saved = torch.get_num_threads()
+    try:
+        for n in (1, cores):
+            torch.set_num_threads(n)
+            times[n] = _probe(backbone, device, batch, 1, (size,)).train_s_per_image[0]
+    finally:
+        torch.set_num_threads(saved)
+    return min(times, key=times.get), times
+
+
+def _timed(step, steps: int) -> float:
+    step()  # warm-up: allocator, kernels, autotuning
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def probe_speed(backbone: str, device: torch.device, *, threads: int | None = None, batch: int = 8,
+                steps: int = 2, sizes: tuple[int, ...] = PROBE_SIZES) -> SpeedProbe:
+    """`threads`: torch threads while probing, as the run will use them (train.threads or every core it may
+    use: pipeline/threads.py); restored afterwards."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or available_cores())
+    try:
+        return _probe(backbone, device, batch, steps, sizes)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _probe(backbone: str, device: torch.device, batch: int, steps: int, sizes: tuple[int, ...]) -> SpeedProbe:
+    start = time.perf_counter()
+    model = build_model(ModelConfig(backbone=backbone, pretrained="bundled", stem="auto"), 1).model.to(device)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    train, infer = [], []
+    for size in sizes:
+        x = torch.rand(batch, 1, size, size, device=device).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 2, (batch,), device=device).float()
+
+        def train_step(x=x, y=y):
+            model.train()
+            loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sync()
+
+        def infer_step(x=x):
+            model.eval()
+            with torch.inference_mode():
+                model(x)
+            sync()
+
+        train.append(_timed(train_step, steps) / batch)
+        infer.append(_timed(infer_step, steps) / batch)
+    return SpeedProbe(backbone=backbone, device=str(device), threads=torch.get_num_threads(), sizes=tuple(sizes),
+                      train_s_per_image=tuple(train), infer_s_per_image=tuple(infer),
+                      seconds=round(time.perf_counter() - start, 1))

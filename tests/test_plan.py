@@ -1,0 +1,158 @@
+"""Planning: fingerprints of real files (cine and single-frame DICOM, PNG, NIfTI) checked against their headers,
+plans whose every key has a reason, that validate as configs and pass --dry-run, and budgets that move the plan
+only upwards."""
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.demo import make_demo
+from pipeline.errors import ConfigError
+from pipeline.tools.plan import parse_budget
+from pipeline.train.fingerprint import fingerprint
+from pipeline.train.planner import SIZES, plan_config, to_yaml
+from pipeline.train.speed import SpeedProbe
+
+
+def _manifest(folder: Path, rows: list[tuple[str, str, str]]) -> Path:
+    path = folder / "labels.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "label", "patient_id"])
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_us(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    make_demo(root, which=("ultrasound",), n_scale=0.1)
+    return root / "ultrasound"
+
+
+def test_fingerprint_cine_dicom(demo_us, tmp_path):
+    files = sorted((demo_us / "studies").glob("*.dcm"))
+    heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    manifest = _manifest(tmp_path, [(str(f), "lesion" if k % 2 else "normal", f"P{k // 2}")
+                                    for k, f in enumerate(files)])
+    fp = fingerprint(manifest)
+    frames = [int(h.NumberOfFrames) for h in heads]
+    assert fp.modality == "ultrasound" and fp.modality_source == "DICOM Modality tag US"
+    assert fp.frames_max == max(frames) > 1 and fp.samples == round(len(files) * statistics.fmean(frames))
+    assert fp.bits == heads[0].BitsStored and fp.formats == {"dicom": len(files)}
+    # the image size after the ultrasound crop: the tissue region of SequenceOfUltrasoundRegions
+    regions = [h.SequenceOfUltrasoundRegions[0] for h in heads]
+    shorts = [min(r.RegionLocationMaxY1 - r.RegionLocationMinY0, r.RegionLocationMaxX1 - r.RegionLocationMinX0) + 1
+              for r in regions]
+    assert fp.short_side_median == int(statistics.median(shorts)) < min(heads[0].Rows, heads[0].Columns)
+    assert fp.patients == (len(files) + 1) // 2 and fp.patient_ids
+
+
+def test_fingerprint_single_frame_dicom(small_chest):
+    fp = fingerprint(small_chest)
+    rows = list(csv.DictReader(small_chest.open()))
+    heads = [pydicom.dcmread(small_chest.parent / r["image"], stop_before_pixels=True) for r in rows]
+    assert fp.modality == "xray" and fp.modality_source.startswith("DICOM Modality tag")
+    assert fp.frames_max == 1 and fp.samples == fp.images == len(rows)
+    assert fp.classes == ("normal", "pneumonia") and fp.patients == len({r["patient_id"] for r in rows})
+    assert fp.class_counts == tuple(sum(r["label"] == c for r in rows) for c in fp.classes)
+    assert fp.test_rows == sum(r["split"] == "test" for r in rows)
+    assert fp.bits == statistics.mode(h.BitsStored for h in heads)
+    assert fp.short_side_median == int(statistics.median(min(h.Rows, h.Columns) for h in heads))
+
+
+def test_fingerprint_png_and_nifti(tmp_path):
+    png_dir = tmp_path / "chest_pngs"
+    png_dir.mkdir()
+    sizes = [(40, 60), (50, 70), (64, 64)]
+    for k, (h, w) in enumerate(sizes):
+        Image.fromarray((np.arange(h * w) % 251).reshape(h, w).astype(np.uint8)).save(png_dir / f"{k}.png")
+    fp = fingerprint(_manifest(png_dir, [(f"{k}.png", "a" if k else "b", "") for k in range(3)]))
+    assert fp.formats == {"png": 3} and fp.bits == 8 and fp.frames_max == 1
+    assert fp.modality == "xray" and "chest" in fp.modality_source  # from the folder name
+    assert fp.short_side_median == 50 and fp.long_side_median == 64
+    assert not fp.patient_ids and fp.patients == 3 and fp.class_counts == (2, 1)
+
+    nii_dir = tmp_path / "volumes"
+    nii_dir.mkdir()
+    for k in range(2):
+        nib.save(nib.Nifti1Image(np.random.default_rng(k).random((32, 48, 5)).astype(np.float32), np.eye(4)),
+                 nii_dir / f"v{k}.nii.gz")
+    fp = fingerprint(_manifest(nii_dir, [("v0.nii.gz", "x", "p0"), ("v1.nii.gz", "y", "p1")]))
+    assert fp.formats == {"nifti": 2} and fp.frames_max == 5 and fp.samples == 10
+    assert fp.short_side_median == 32 and fp.modality == "unknown"
+
+
+PROBE = SpeedProbe(backbone="tf_efficientnet_lite0", device="cpu", threads=2, sizes=(128, 224),
+                   train_s_per_image=(0.025, 0.067), infer_s_per_image=(0.0045, 0.022), seconds=5.0)
+
+
+def test_plan_keys_have_reasons_and_validate(small_chest, tmp_path):
+    fp = fingerprint(small_chest)
+    plan = plan_config(fp, PROBE, 600, name="chest")
+    assert plan.keys and all(reason.strip() for _, reason in plan.keys.values())
+    text = to_yaml(plan, "test plan")
+    # every planned line carries its comment: leaves inline, a planned list or section on its own line
+    for key, (_, reason) in plan.keys.items():
+        assert reason in text, key
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    cfg = load_config(str(path))
+    assert cfg.data.image_size == plan.value("data.image_size") and cfg.augment.flip == 0.0
+    assert cfg.inference.tta == "none" and cfg.train.stages[1].epochs == plan.value("train.stages")[1]["epochs"]
+    # the synthetic demo's patients are renders of one template: near copies by hash (smoke.yaml says so too)
+    assert main(["--config", str(path), "--set", "data.near_duplicates=warn", "--dry-run", "--quiet"]) == 0
+
+
+def test_more_budget_never_gives_smaller_images_or_fewer_epochs(small_chest):
+    fp = fingerprint(small_chest)
+    last = (0, 0)
+    for budget in (30, 60, 120, 300, 600, 1200, 3600, 4 * 3600, 24 * 3600):
+        plan = plan_config(fp, PROBE, budget)
+        got = (plan.value("data.image_size"), plan.value("train.stages")[1]["epochs"])
+        assert got[0] >= last[0] and got[1] >= last[1], (budget, got, last)
+        if budget >= 600:
+            assert plan.predicted_s <= 0.9 * budget
+        last = got
+    assert last[0] == max(s for s in SIZES if s <= fp.short_side_median)  # no upsampling past native
+
+
+def test_budget_parsing_and_config_auto(small_chest, tmp_path, capsys):
+    assert parse_budget("30m") == 1800 and parse_budget("1h30m") == 5400 and parse_budget("90s") == 90
+    assert parse_budget("2") == 120
+    with pytest.raises(ConfigError):
+        parse_budget("soon")
+    assert main(["--config", "smoke", "--budget", "5m", "--dry-run"]) == 2
+    assert "--config auto" in capsys.readouterr().err
+    run = tmp_path / "auto"
+    assert main(["--config", "auto", "--set", f"data.manifest={small_chest}", "--set", "train.threads=1",
+                 "--set", "data.near_duplicates=warn",
+                 "--budget", "3m", "--dry-run",
+                 "--quiet", "--output-dir", str(run)]) == 0
+    record = json.loads((run / "plan.json").read_text())
+    assert record["budget_s"] == 180 and record["fingerprint"]["images"] == len(small_chest.read_text().splitlines()) - 1
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["image_size"] == record["keys"]["data.image_size"]["value"]
+
+
+def test_plan_command_writes_a_config_and_its_record(small_chest, tmp_path):
+    from pipeline.tools.plan import main as plan_main
+
+    out, record = tmp_path / "my.yaml", tmp_path / "plan.json"
+    assert plan_main([str(small_chest), "--budget", "10m", "--threads", "1", "--out", str(out),
+                      "--json", str(record)]) == 0
+    cfg = load_config(str(out))
+    data = json.loads(record.read_text())
+    assert cfg.data.image_size == data["keys"]["data.image_size"]["value"] and data["probe"]["threads"] == 1
+    assert out.read_text().startswith("# Planned by `graystem plan` for a 10-minute budget")
+    assert plan_main([str(tmp_path / "missing.csv")]) == 2
