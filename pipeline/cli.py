@@ -68,7 +68,7 @@ def _run_dir(args, cfg: Config) -> Path:
 
 def _aggregate(args) -> int:
     from pipeline.results.report import format_table
-    from pipeline.train.run import aggregate
+    from pipeline.train.finish import aggregate
 
     run_dir = RunFolder(args.aggregate)
     summary = aggregate(run_dir, load_config(str(run_dir.require_config("--aggregate"))))

@@ -10,13 +10,16 @@ so the run's weights and RNG streams are untouched.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 
 import torch
 
+from pipeline import distributed
 from pipeline.logs import log
 from pipeline.model.models import build_model
+from pipeline.runfolder import RunFolder
 from pipeline.schema import Config
 from pipeline.train.engine import autocast, make_loss
 
@@ -95,3 +98,33 @@ def describe(choice: dict) -> str:
                       f"{'n/a' if r['images_per_s'] is None else r['images_per_s']:}" for r in choice["candidates"])
     return (f"precision auto: {choice['precision']} with channels_last={choice['channels_last']} "
             f"(training images/s: {cands})")
+
+
+def choose_precision(cfg: Config, folder: RunFolder, device, dist: distributed.Dist) -> dict:
+    """Resolve `train.precision: auto` once per run (precision.json, first process wins). Returns the choice;
+    the caller trains with `with_precision(cfg, choice)`, and the saved config keeps `auto`."""
+    path = folder.precision
+    if cfg.train.precision != "auto":
+        return {"auto": False, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last}
+    if path.is_file():
+        choice = RunFolder.read_json(path)
+        log.info(f"precision auto: {choice['precision']} with channels_last={choice['channels_last']} "
+                 f"(measured earlier, {path})")
+        return choice
+    log.info("precision auto: timing fp32/bf16" + ("/fp16" if device.type == "cuda" else "")
+             + " x channels_last on/off ...")
+    choice = measure(cfg, device)
+    if dist.enabled:  # every rank must train with rank 0's choice
+        choice = distributed.broadcast(choice, dist)
+    existing = RunFolder.publish_once(path, json.dumps(choice, indent=1)) if dist.is_main else None
+    if existing is not None:  # a concurrent --fold process measured first: use its choice
+        choice = json.loads(existing)
+    log.info(describe(choice))
+    return choice
+
+
+def with_precision(cfg: Config, choice: dict) -> Config:
+    """The config the folds train with: `auto` resolved to the measured precision (a new object; the run's
+    config.yaml keeps what the user wrote)."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"precision": choice["precision"], "channels_last": choice["channels_last"]})})
