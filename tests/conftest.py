@@ -49,3 +49,19 @@ def graystem_warnings():
     logger.addHandler(handler)
     yield messages
     logger.removeHandler(handler)
+
+
+def bad_label_manifest(small_chest: Path, folder: Path) -> Path:
+    """The small chest manifest with one label outside task.classes (row 4: 'covid'), absolute image paths."""
+    import csv
+
+    rows = list(csv.DictReader(small_chest.open()))
+    rows[3]["label"] = "covid"
+    bad = folder / "labels.csv"
+    with bad.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            r["image"] = str(small_chest.parent / r["image"])
+            w.writerow(r)
+    return bad

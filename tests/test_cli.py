@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import bad_label_manifest
 
 from pipeline.cli import main
 from pipeline.demo import make_demo
@@ -121,15 +122,7 @@ def test_missing_data_path_exits_2(capsys, tmp_path):
 
 
 def test_label_not_in_classes_exits_2_and_skip_records_it(capsys, tmp_path, small_chest):
-    rows = list(csv.DictReader(small_chest.open()))
-    rows[3]["label"] = "covid"
-    bad = tmp_path / "labels.csv"
-    with bad.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            r["image"] = str(small_chest.parent / r["image"])
-            w.writerow(r)
+    bad = bad_label_manifest(small_chest, tmp_path)
     err = _one_line_error(capsys, ["--config", "smoke", "--set", f"data.manifest={bad}",
                                    "--output-dir", str(tmp_path / "r"), "--dry-run"])
     assert "row 5" in err and "covid" in err

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from conftest import bad_label_manifest
 
 from pipeline.cli import main as train_main
 from pipeline.commands import COMMANDS, describe, usage
@@ -52,16 +53,7 @@ def test_console_table_keeps_whole_column_names_aligned():
 
 
 def _bad_manifest(small_chest, folder):
-    rows = list(csv.DictReader(small_chest.open()))
-    rows[3]["label"] = "covid"
-    bad = folder / "labels.csv"
-    with bad.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            r["image"] = str(small_chest.parent / r["image"])
-            w.writerow(r)
-    return bad
+    return bad_label_manifest(small_chest, folder)
 
 
 def test_a_dry_run_names_no_folder_it_does_not_keep(capsys, tmp_path, small_chest):
