@@ -22,9 +22,10 @@ from pipeline.data.datasets import image_reader
 from pipeline.data.manifest import expand_frames
 from pipeline.deploy.finished import FinishedRun
 from pipeline.errors import DataError, ImageReadError, error_reason
-from pipeline.model.outputs import class_columns
+from pipeline.model.outputs import class_columns, probabilities
 from pipeline.model.stems import Normalization
 from pipeline.model.tta import tta_scores
+from pipeline.results.calibration import EPS as CAL_EPS
 from pipeline.schema import TaskConfig
 
 
@@ -50,10 +51,20 @@ class EnsembleModule(nn.Module):
         """(M, B, C) calibrated probabilities of every member, class order (their spread is the ensemble's
         uncertainty per case)."""
         x = (x - self.mean) / self.std
-        return torch.stack([class_columns(self.task_type, self.positive_index,
-                                          tta_scores(lambda v, m=m: m(v) / self.temperature, x, self.task_type,
-                                                     self.tta)[1])
+        return torch.stack([class_columns(self.task_type, self.positive_index, self._member(m, x))
                             for m in self.models])
+
+    def _member(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One member's calibrated probabilities. Without test-time views: its logits / T. With them, T applies to
+        the probability averaged over the views, as the run calibrated its own out-of-fold and test predictions
+        (results.calibration.apply_temperature on each model's saved scores), so a deployed graph scores what
+        the report scored."""
+        if self.tta == "none":
+            return probabilities(self.task_type, model(x) / self.temperature)
+        p = tta_scores(model, x, self.task_type, self.tta)[1].clamp(CAL_EPS, 1 - CAL_EPS)
+        if self.task_type == "multiclass":
+            return torch.softmax(torch.log(p) / self.temperature, dim=1)
+        return torch.sigmoid((torch.log(p) - torch.log1p(-p)) / self.temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.member_probs(x).mean(0)
