@@ -1,5 +1,5 @@
 """The persistent decode cache (data.cache: disk): what misses it, that it serves exactly the memory cache's
-pixels, that concurrent writers leave it valid, and a 6,000-image dry run in bounded memory (the 20,000-image
+pixels, that concurrent writers leave it valid, and a 4,000-image dry run in bounded memory (the 20,000-image
 figure is `graystem benchmark --suite scale`'s)."""
 
 import json
@@ -220,7 +220,7 @@ def test_threads_and_auto_loader_workers():
 
 # large enough that holding the decoded set or per-file state in memory would show; the 20,000-image run and
 # its timings are the scale benchmark's, not the test suite's
-N_SCALE = 6_000
+N_SCALE = 4_000
 
 
 @pytest.fixture(scope="session")
