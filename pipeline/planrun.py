@@ -58,9 +58,10 @@ def auto_plan(args) -> PlannedRun | None:
         raise ConfigError("--config auto: name the data with --set data.manifest=PATH (a CSV or class folders)")
     exclude = _override(args.overrides, "data.exclude")
     threads = _override(args.overrides, "train.threads")
+    repeats = _override(args.overrides, "train.repeats")  # --seeds N: the budget covers every seed
     planned = make_plan(manifest, args.budget or DEFAULT_BUDGET, _override(args.overrides, "train.device") or "auto",
                         exclude=[] if not exclude else [e.strip() for e in exclude.strip("[]").split(",")],
-                        threads=int(threads) if threads else None)
+                        threads=int(threads) if threads else None, repeats=int(repeats) if repeats else 1)
     fh = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="graystem-plan-", delete=False)
     with fh:
         fh.write(planned.yaml_text)

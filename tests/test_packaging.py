@@ -130,3 +130,23 @@ def test_installed_dry_run_generates_demo_data_in_the_working_directory(venv, tm
     proc = _run([bin_dir / "graystem", "train", "--config", "no_such_config", "--dry-run"], tmp_path, env)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --config no_such_config")
     assert "Traceback" not in proc.stderr and "chest_xray" in proc.stderr
+
+
+def test_installed_plan_validates_and_trains_dry_run(venv, small_chest, tmp_path):
+    """`graystem plan` from the wheel writes a config that the installed trainer accepts, and `--config auto`
+    plans, validates and records RUN/plan.json in one command."""
+    bin_dir, env = venv
+    planned = tmp_path / "planned.yaml"
+    proc = _run([bin_dir / "graystem", "plan", small_chest, "--budget", "3m", "--threads", "1", "--out", planned],
+                tmp_path, env)
+    assert proc.returncode == 0 and planned.read_text().startswith("# Planned by `graystem plan`"), proc.stderr[-2000:]
+    # the synthetic demo's patients are renders of one template: near copies by hash, so warn only (as smoke.yaml)
+    proc = _run([bin_dir / "graystem", "train", "--config", planned, "--set", "data.near_duplicates=warn",
+                 "--dry-run", "--output-dir", tmp_path / "from_yaml"], tmp_path, env, timeout=600)
+    assert proc.returncode == 0 and "config and data are valid" in proc.stdout, proc.stderr[-2000:]
+    proc = _run([bin_dir / "graystem", "train", "--config", "auto", "--budget", "3m", "--set",
+                 f"data.manifest={small_chest}", "--set", "train.threads=1", "--set", "data.near_duplicates=warn",
+                 "--dry-run", "--output-dir", tmp_path / "auto"], tmp_path, env, timeout=600)
+    assert proc.returncode == 0 and "config and data are valid" in proc.stdout, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "auto" / "plan.json").read_text())
+    assert record["budget_s"] == 180 and record["keys"]["data.image_size"]["reason"]

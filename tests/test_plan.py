@@ -156,3 +156,47 @@ def test_plan_command_writes_a_config_and_its_record(small_chest, tmp_path):
     assert cfg.data.image_size == data["keys"]["data.image_size"]["value"] and data["probe"]["threads"] == 1
     assert out.read_text().startswith("# Planned by `graystem plan` for a 10-minute budget")
     assert plan_main([str(tmp_path / "missing.csv")]) == 2
+
+
+def _probe(backbone, scale):
+    return SpeedProbe(backbone=backbone, device="cpu", threads=2, sizes=(128, 224),
+                      train_s_per_image=(0.025 * scale, 0.067 * scale),
+                      infer_s_per_image=(0.0045 * scale, 0.022 * scale), seconds=5.0)
+
+
+def test_backbone_ladder_climbs_only_past_each_pretraining_resolution(small_chest):
+    """Lite1/Lite2 (opt-in) are probed only when Lite0 reached its 224 px within the budget, each used from its
+    own pretraining resolution (timm's config: 240, 260), and more budget never shrinks the image."""
+    fp = fingerprint(small_chest)
+    fp = type(fp)(**{**fp.__dict__, "short_side_median": 512})  # films large enough for every rung
+    last, seen = (0, 0), []
+    for budget in (120, 600, 1800, 3600, 4 * 3600, 12 * 3600, 48 * 3600):
+        asked = []
+        queue = [_probe("tf_efficientnet_lite1", 1.5), _probe("tf_efficientnet_lite2", 2.2)]
+
+        def more(queue=queue, asked=asked):
+            asked.append(queue[0].backbone if queue else None)
+            return queue.pop(0) if queue else None
+
+        plan = plan_config(fp, PROBE, budget, more=more)
+        size, backbone = plan.value("data.image_size"), plan.value("model.backbone")
+        epochs = plan.value("train.stages")[1]["epochs"]
+        assert size >= last[0] and (size > last[0] or epochs >= last[1]), (budget, size, epochs, last)
+        if size < 224:  # Lite0 below its pretraining resolution: the larger backbones were not even probed
+            assert backbone == "tf_efficientnet_lite0" and not asked
+        if backbone == "tf_efficientnet_lite1":
+            assert size == 240 and asked == ["tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+        if backbone == "tf_efficientnet_lite2":
+            assert size >= 260
+        assert "pretrained at" in plan.keys["model.backbone"][1]
+        seen.append(backbone)
+        last = (size, epochs)
+    assert seen[0] == "tf_efficientnet_lite0" and seen[-1] == "tf_efficientnet_lite2" and last[0] == 512
+
+
+def test_the_budget_covers_every_seed(small_chest):
+    fp = fingerprint(small_chest)
+    one, three = plan_config(fp, PROBE, 300), plan_config(fp, PROBE, 300, repeats=3)
+    assert three.predicted_s <= 0.9 * 300 and "for 3 seeds" in three.keys["data.image_size"][1]
+    assert (three.value("data.image_size"), three.value("train.stages")[1]["epochs"]) < \
+        (one.value("data.image_size"), one.value("train.stages")[1]["epochs"])

