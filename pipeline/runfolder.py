@@ -33,6 +33,7 @@ class RunFolder:
     REPORT = "report.md"
     OOF = "oof_predictions.csv"
     TEST = "test_predictions.csv"
+    EVALUATED = "predictions.csv"  # an evaluation folder's (graystem evaluate --out DIR): one row per image scored
     DEPLOYMENT = "deployment.json"
     PLAN = "plan.json"  # --config auto: the plan and the time the run took against its budget
     METRICS = "metrics.jsonl"
@@ -76,6 +77,7 @@ class RunFolder:
     report = property(lambda self: self.root / self.REPORT)
     oof_predictions = property(lambda self: self.root / self.OOF)
     test_predictions = property(lambda self: self.root / self.TEST)
+    evaluated = property(lambda self: self.root / self.EVALUATED)
     deployment = property(lambda self: self.root / self.DEPLOYMENT)
     plan = property(lambda self: self.root / self.PLAN)
     metrics = property(lambda self: self.root / self.METRICS)

@@ -166,3 +166,36 @@ def test_ema_travels_in_the_resume_checkpoint():
     resumed.fit()
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_evaluate_with_and_without_tta_compare_pairwise(recipe_run, smoke_run, small_chest, tmp_path):
+    """`evaluate --tta` scores the same fold models with other views; `compare` pairs the two evaluation
+    folders on their images. With the run's own views (flip) evaluate reproduces the run's test predictions."""
+    from pipeline.tools.compare import compare
+    from pipeline.tools.evaluate import main as evaluate_main
+
+    rows = list(csv.DictReader(small_chest.open()))
+    manifest = small_chest.parent / "test_rows.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["split"] == "test")
+    outs = {}
+    for tta in ("flip", "none"):
+        outs[tta] = tmp_path / tta
+        assert evaluate_main([str(recipe_run), "--manifest", str(manifest), "--out", str(outs[tta]), "--tta", tta,
+                              "--allow-overlap", "--quiet"]) == 0
+    with (recipe_run / "test_predictions.csv").open() as fh:
+        run_probs = {r["image"]: float(r["prob_pneumonia"]) for r in csv.DictReader(fh)}
+    for tta, out in outs.items():
+        with (out / "predictions.csv").open() as fh:
+            got = {r["image"]: float(r["prob_pneumonia"]) for r in csv.DictReader(fh)}
+        assert got.keys() == run_probs.keys()
+        gap = max(abs(got[k] - run_probs[k]) for k in got)
+        assert (gap < 1e-5) if tta == "flip" else (gap > 1e-4), (tta, gap)
+    result = compare([outs["none"], outs["flip"]], n_boot=200)
+    (pair,) = result["pairs"]
+    assert len(result["runs"]) == 2 and result["runs"][0]["n"] == len(run_probs) and pair["delong_p"] is not None
+    # never a mirrored view for a run that never trained on one
+    assert evaluate_main([str(smoke_run), "--manifest", str(manifest), "--out", str(tmp_path / "x"), "--tta", "flip",
+                          "--allow-overlap", "--quiet"]) == 2

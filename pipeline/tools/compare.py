@@ -6,7 +6,7 @@ For each pair (a, b): diff = metric(b) - metric(a) on the same cases, with a 95%
 bootstrap (patients resampled with replacement, the same draw for both runs) and a two-sided p-value from that
 bootstrap distribution, 2 * min(P(d <= 0), P(d >= 0)); for binary AUROC also DeLong's test (pipeline.results.stats).
 Predictions are the runs' own files (test_predictions.csv, or oof_predictions.csv with --on oof), matched by
-image and patient; runs scored on different test patients (or, with --on oof, different images) are refused.
+image and patient; an evaluation folder (`graystem evaluate --out DIR`) counts as a run scored on its manifest; runs scored on different test patients (or, with --on oof, different images) are refused.
 A run trained over several seeds (--seeds N) is compared through its seed ensemble: the top-level prediction
 files hold, per image, the mean probability over every seed's fold models (each seed's own files are in
 seed_S/, and the run table shows the mean ± sd over seeds).
@@ -56,7 +56,10 @@ def _read(run_dir: Path, on: str) -> RunPredictions:
     summary = RunFolder.read_json(folder.summary)
     if summary is None:
         raise ConfigError(f"{run_dir}: no {RunFolder.SUMMARY} (not a finished run folder)")
-    csv_path = folder.oof_predictions if on == "oof" else folder.test_predictions
+    evaluation = "manifest" in summary and folder.evaluated.is_file()  # a `graystem evaluate` output folder
+    if evaluation and on == "oof":
+        raise DataError(f"{run_dir}: an evaluation folder has no out-of-fold predictions; compare it --on test")
+    csv_path = folder.evaluated if evaluation else folder.oof_predictions if on == "oof" else folder.test_predictions
     if not csv_path.is_file():
         raise DataError(f"{run_dir}: no {csv_path.name} (a run without a test split has no test predictions; "
                         "use --on oof)")
@@ -110,7 +113,7 @@ def _run_row(r: RunPredictions, metric: str, on: str) -> dict:
     row = {"run": str(r.path), "name": r.name, "n": len(r.keys), "n_seeds": max(1, len(seeds)),
            "cv_mean": s.get("mean", {}).get(metric), "cv_sd": s.get("std", {}).get(metric),
            on: (block or {}).get(metric), "ci95": ((block or {}).get("ci95") or {}).get(metric)}
-    if len(seeds) > 1:
+    if len(seeds) > 1 and "seeds_mean" in s:  # an evaluation folder lists its seeds only
         part = "test" if on == "test" else "cv"
         row["seeds_mean"] = s["seeds_mean"][part].get(metric)
         row["seeds_sd"] = s["seeds_sd"][part].get(metric)

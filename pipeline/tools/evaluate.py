@@ -1,6 +1,6 @@
 """Score a labelled (external) manifest with a finished run: its fold ensemble, preprocessing and threshold.
 
-    graystem evaluate RUN_DIR --manifest external.csv [--out DIR] [--on-error skip]
+    graystem evaluate RUN_DIR --manifest external.csv [--out DIR] [--on-error skip] [--tta none|flip]
 
 The manifest has the training format (image, label, patient_id, optional frame; split and fold columns are
 ignored: every row is scored) and is read with the run's own config, only data.manifest replaced, so labels
@@ -8,7 +8,10 @@ must be among the run's classes and files are read, framed and resized as in tra
 scored one by one and averaged per file, as the run did. The operating point is the run's (summary.json
 `threshold`) and is never re-tuned on the external data. Writes RUN_DIR/eval_<manifest name>/ (or --out):
 predictions.csv, summary.json (a `test` block of the run's own shape: metrics, ci95 from a patient bootstrap,
-n), roc.png, calibration.png and report.md.
+n), roc.png, calibration.png and report.md. `--tta` scores with other test-time views than the run's
+(a what-if; the run's own deployment is unchanged), under the training's rule: flips only where it flipped.
+`graystem compare` reads evaluation folders as it reads runs (their predictions.csv), so two runs, or one run
+with and without test-time views, compare pairwise on the same external images.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from pipeline.data.manifest import load_manifest
 from pipeline.deploy.finished import load_run
-from pipeline.deploy.inference import predicted_label, score_files
+from pipeline.deploy.inference import predicted_label, run_tta, score_files
 from pipeline.errors import ConfigError, DataError, exits_on_error
 from pipeline.logs import log, setup_logging
 from pipeline.model.deployment import DEPLOYED_DATA
@@ -53,9 +56,19 @@ def _per_sample_scores(samples, scores, skipped) -> tuple[list[int], list]:
     return indices, probs
 
 
+def with_tta(run, tta: str):
+    """The run with other test-time views, refused where its training never saw them (no flips: chest films)."""
+    if tta == "flip" and not run.cfg.augment.flip > 0:
+        raise ConfigError(f"--tta flip: {run.run_dir.name} trained without flips (augment.flip 0), so a mirrored "
+                          "image is not one it learned to read")
+    return replace(run, deployment=replace(run.deployment, extra={**run.deployment.extra, "tta": tta}))
+
+
 def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: str | None = None,
-             progress: bool = False, allow_overlap: bool = False) -> dict:
+             progress: bool = False, allow_overlap: bool = False, tta: str | None = None) -> dict:
     run = load_run(run_dir)
+    if tta is not None:
+        run = with_tta(run, tta)
     # the deployment's pixel and reader settings; the rest of data (columns, patient rules) as the run had it
     deployed = run.deployment.data.model_dump(include=set(DEPLOYED_DATA))
     data = run.cfg.data.model_copy(update={**deployed, "manifest": str(Path(manifest).resolve()), "root": None,
@@ -88,7 +101,7 @@ def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: s
     out = Path(out) if out else Path(run_dir) / f"eval_{Path(manifest).stem}"
     out.mkdir(parents=True, exist_ok=True)
     decided = [predicted_label(task, row, run.threshold) for row in class_matrix(task, [it["prob"] for it in items])]
-    _write_predictions(out / "predictions.csv", items, task, with_fold=False, predicted=decided)
+    _write_predictions(RunFolder(out).evaluated, items, task, with_fold=False, predicted=decided)
     all_skipped = [s.as_dict() for s in loaded.skipped] + skipped
     summary = {
         "run": str(Path(run_dir).resolve()), "manifest": str(Path(manifest).resolve()), "task": task.name,
@@ -96,7 +109,8 @@ def evaluate(run_dir: Path, manifest: Path, out: Path | None = None, on_error: s
         "threshold": run.threshold, "threshold_source": f"the run's {RunFolder.DEPLOYMENT} (not re-tuned on this set)",
         "unit": "image (frames averaged)" if len(items) < len(indices) else "image",
         "n_samples": len(indices), "n_images": len(items), "n_patients": len({it["patient_id"] for it in items}),
-        "n_skipped": len(all_skipped), "skipped": all_skipped, "seeds": list(run.seeds), "test": block,
+        "n_skipped": len(all_skipped), "skipped": all_skipped, "seeds": list(run.seeds), "tta": run_tta(run),
+        "test": block,
         "overlap": overlap.to_json(),
         **evaluate_blocks(cfg, run, samples, items),
     }
@@ -133,7 +147,7 @@ def _write_report(out: Path, summary: dict, items, cfg) -> None:
         fig.savefig(out / f"{name}.png", dpi=110)
         plt.close(fig)
         lines += ["", f"![{name}]({name}.png)"]
-    lines += ["", f"Files: `predictions.csv`, `{RunFolder.SUMMARY}`.", ""]
+    lines += ["", f"Files: `{RunFolder.EVALUATED}`, `{RunFolder.SUMMARY}`.", ""]
     RunFolder.write_text(RunFolder(out).report, "\n".join(lines))
 
 
@@ -159,12 +173,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--allow-overlap", action="store_true",
                     help="score a manifest that shares files, pixels or patients with the run's data (marked as such)")
+    ap.add_argument("--tta", choices=["none", "flip"],
+                    help="test-time views to score with (default: the run's inference.tta); flip needs a run that "
+                    "trained with flips")
     args = ap.parse_args(argv)
     setup_logging(quiet=args.quiet)
     if not args.manifest.is_file():
         raise ConfigError(f"--manifest {args.manifest}: file not found")
     s = evaluate(args.run_dir, args.manifest, args.out, args.on_error, progress=not args.quiet,
-                 allow_overlap=args.allow_overlap)
+                 allow_overlap=args.allow_overlap, tta=args.tta)
     t = s["test"]
     ci = t.get("ci95", {}).get("auroc")
     auroc = "n/a" if t.get("auroc") is None else f"{t['auroc']:.3f}"
