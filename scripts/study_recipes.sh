@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's recipe study: on one real data set, the planned config against the shipped config and the common
 # recipe (scripts/study_recipes/naive_*.yaml), each over SEEDS training seeds on the same folds and test images,
-# then paired `graystem compare` of the seed ensembles on the test set.
+# then paired `graystem compare` of the seed ensembles on the test set and out of fold.
 #   bash scripts/study_recipes.sh busi|nih MANIFEST OUT_DIR BUDGET [SEEDS] [ARMS]
 # BUDGET is the planned arm's wall time for all its seeds together (`--config auto --budget`). ARMS (default
 # "shipped naive planned") picks which to run. Runs one at a time (two CPU jobs side by side only share the
@@ -35,6 +35,8 @@ done
 runs=()
 for arm in shipped naive planned; do [ -f "$out/$arm/summary.json" ] && runs+=("$out/$arm"); done
 if [ ${#runs[@]} -ge 2 ]; then
-  graystem compare "${runs[@]}" --on test --json > "$out/compare_test.json"
-  graystem compare "${runs[@]}" --on test
+  for on in test oof; do  # oof: the same development images, scored out of fold (the folds may differ)
+    graystem compare "${runs[@]}" --on "$on" --json > "$out/compare_$on.json"
+    graystem compare "${runs[@]}" --on "$on"
+  done
 fi

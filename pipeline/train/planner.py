@@ -22,11 +22,17 @@ SIZES = (64, 96, 128, 160, 192, 224, 256, 288, 320, 384, 448, 512)
 # 12-epoch full stage (156 steps) peaked at its last epochs while 3 epochs (39 steps) stopped every fold short
 TARGET_STEPS = 150
 MIN_EPOCHS, MAX_EPOCHS = 3, 30
+# the image size a budget buys before more epochs. On NIH (3 seeds, same folds and test patients) 64 px with 15
+# full epochs scored below 128 px with 5 (out of fold -0.014, test -0.020; neither significant) in the same time:
+# small findings on films need the pixels more than the extra steps (docs/plan.md)
+SIZE_FLOOR = 128
 HEAD_EPOCHS = 3
 # data pipeline (MONAI augmentation, loader, validation bookkeeping) on top of the probe's pure model time;
 # measured on the ultrasound demo and BUSI fold runs against the probe (docs/plan.md)
 LOADER_OVERHEAD = 1.3
-FIXED_S = 20.0  # start-up, model builds, report and bootstrap: roughly constant per run
+# start-up, near-copy hashing, model builds, and at the end calibration, bootstraps, report and Grad-CAM panel:
+# about 50 s measured around the 15 fold runs of the NIH plan (6 s before the first fold, 32 s after the last)
+FIXED_S = 45.0
 BUDGET_SHARE = 0.9  # plan to 90% of the budget: the run's own noise is larger below that
 IMBALANCE = 1.5  # class weights when the largest class has this many times the images of the smallest
 MIN_VAL_PATIENTS = 10  # patients of the rarest class per validation fold
@@ -79,6 +85,23 @@ def _ladder(first: SpeedProbe, following, cap: int):
         current, last = nxt, own
         yield nxt, own
     yield from ((current, s) for s in SIZES if last < s <= cap)
+
+
+def _purchases(first: SpeedProbe, following, cap: int, want: int):
+    """(probe, size, full epochs) in the order a budget buys them: images up to SIZE_FLOOR at MIN_EPOCHS, then
+    epochs up to `want` at that size, then the size (and backbone) ladder above it at `want` epochs. Size and
+    epochs never fall along the way, so more budget never buys smaller images or fewer epochs."""
+    floor, low = min(SIZE_FLOOR, cap), min(MIN_EPOCHS, want)
+    rungs = _ladder(first, following, cap)
+    for probe, size in rungs:
+        if size < floor:
+            yield probe, size, low
+            continue
+        if size >= floor:
+            for epochs in range(low, want + 1):
+                yield probe, size, epochs
+            break
+    yield from ((probe, size, want) for probe, size in rungs)
 
 
 def _size_cap(fp: Fingerprint) -> int:
@@ -169,17 +192,19 @@ def plan_config(fp: Fingerprint, probe: SpeedProbe, budget_s: float, *, name: st
 
     following = itertools.chain(larger, iter(more, None) if more else ())
     chosen, at_end = None, True
-    for step in _ladder(probe, following, cap):
-        if cost(*step, want) > usable:
+    for step in _purchases(probe, following, cap, want):
+        if cost(*step) > usable:
             at_end = False
             break
         chosen = step
     if chosen:
-        (probe, size), epochs = chosen, want
+        probe, size, epochs = chosen
+        short = epochs < want
         while at_end and epochs < min(MAX_EPOCHS, 2 * want) and cost(probe, size, epochs + 1) <= usable:
             epochs += 1
         why_e = (f"{TARGET_STEPS} target steps / {steps} per epoch" +
-                 (f", raised to {epochs}: budget left at the end of the size ladder" if epochs > want else ""))
+                 (f", raised to {epochs}: budget left at the end of the size ladder" if epochs > want else "") +
+                 (f"; the budget allows {epochs} of them at {size} px, the size that comes first" if short else ""))
     else:
         size = SIZES[0]
         epochs = max(1, max((e for e in range(1, want) if cost(probe, size, e) <= usable), default=1))

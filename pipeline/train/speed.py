@@ -76,7 +76,12 @@ def _timed(step, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def probe_speed(backbone: str, device: torch.device, *, threads: int | None = None, batch: int = 8,
+# the planner's batch: a step's fixed costs (the optimiser over every weight, Python) are shared by its images,
+# so a smaller probe batch overstates the cost per image (batch 8 did by a third at 64 px on NIH, docs/plan.md)
+PROBE_BATCH = 32
+
+
+def probe_speed(backbone: str, device: torch.device, *, threads: int | None = None, batch: int = PROBE_BATCH,
                 steps: int = 2, sizes: tuple[int, ...] = PROBE_SIZES) -> SpeedProbe:
     """`threads`: torch threads while probing, as the run will use them (train.threads or every core it may
     use: pipeline/threads.py); restored afterwards."""
