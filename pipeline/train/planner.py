@@ -97,10 +97,9 @@ def _purchases(first: SpeedProbe, following, cap: int, want: int):
         if size < floor:
             yield probe, size, low
             continue
-        if size >= floor:
-            for epochs in range(low, want + 1):
-                yield probe, size, epochs
-            break
+        for epochs in range(low, want + 1):  # the first rung at the floor: its epochs before larger images
+            yield probe, size, epochs
+        break
     yield from ((probe, size, want) for probe, size in rungs)
 
 
