@@ -200,3 +200,11 @@ def test_the_budget_covers_every_seed(small_chest):
     assert three.predicted_s <= 0.9 * 300 and "for 3 seeds" in three.keys["data.image_size"][1]
     assert (three.value("data.image_size"), three.value("train.stages")[1]["epochs"]) < \
         (one.value("data.image_size"), one.value("train.stages")[1]["epochs"])
+
+
+def test_probe_fit_is_exact_at_probed_sizes_and_never_negative():
+    probe = _probe("tf_efficientnet_lite0", 1.0)
+    probe = SpeedProbe(**{**probe.__dict__, "train_s_per_image": (0.0147, 0.0593)})  # 224 px superlinear (2 CPU threads)
+    assert probe.train_time(128) == pytest.approx(0.0147) and probe.train_time(224) == pytest.approx(0.0593)
+    assert 0 < probe.train_time(64) == pytest.approx(0.0147 / 4)  # below the smallest: in proportion to the pixels
+    assert probe.train_time(160) < probe.train_time(192) < probe.train_time(224) < probe.train_time(256)
