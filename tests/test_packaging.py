@@ -138,7 +138,7 @@ def test_installed_plan_validates_and_trains_dry_run(venv, small_chest, tmp_path
     bin_dir, env = venv
     planned = tmp_path / "planned.yaml"
     proc = _run([bin_dir / "graystem", "plan", small_chest, "--budget", "3m", "--threads", "1", "--out", planned],
-                tmp_path, env)
+                tmp_path, env, timeout=600)
     assert proc.returncode == 0 and planned.read_text().startswith("# Planned by `graystem plan`"), proc.stderr[-2000:]
     # the synthetic demo's patients are renders of one template: near copies by hash, so warn only (as smoke.yaml)
     proc = _run([bin_dir / "graystem", "train", "--config", planned, "--set", "data.near_duplicates=warn",
