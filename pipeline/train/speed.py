@@ -72,11 +72,15 @@ def best_threads(backbone: str, device: torch.device, size: int = 128, batch: in
 
 
 def _timed(step, steps: int) -> float:
+    """The fastest of `steps` (as timeit advises): other work on the machine only ever slows a step. The mean of
+    two steps put three idle-core probes of one model at 54, 68 and 73 img/s (128 px), a plan error of a third."""
     step()  # warm-up: allocator, kernels, autotuning
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         step()
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 # the planner's batch: a step's fixed costs (the optimiser over every weight, Python) are shared by its images,
@@ -85,7 +89,7 @@ PROBE_BATCH = 32
 
 
 def probe_speed(backbone: str, device: torch.device, *, threads: int | None = None, batch: int = PROBE_BATCH,
-                steps: int = 2, sizes: tuple[int, ...] = PROBE_SIZES) -> SpeedProbe:
+                steps: int = 4, sizes: tuple[int, ...] = PROBE_SIZES) -> SpeedProbe:
     """`threads`: torch threads while probing, as the run will use them (train.threads or every core it may
     use: pipeline/threads.py); restored afterwards."""
     saved = torch.get_num_threads()
