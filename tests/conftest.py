@@ -2,28 +2,11 @@
 (every module that needs a finished run reads this one instead of training its own)."""
 
 import logging
-import os
 from pathlib import Path
 
 import pytest
 
 from pipeline.demo import make_demo
-from pipeline.threads import available_cores
-
-
-def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (pyproject's addopts): one worker per core, at most 4 (each holds its own session fixtures)."""
-    return max(1, min(4, available_cores()))
-
-
-def pytest_configure(config):
-    # a worker shares the cores with the others: one torch thread each (two processes with every core's threads
-    # ran 3-7 times slower here), for the subprocesses the tests start too
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
-
-        os.environ["OMP_NUM_THREADS"] = "1"
-        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
