@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.append(f"train.repeats={args.seeds}")
     setup_logging(quiet=args.quiet)
     log = logger.info
-    planned = None
+    planned, t_plan = None, time.perf_counter()  # a planned run's budget covers its planning too
     if args.aggregate:
         return _aggregate(args)
     if args.resume:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                       dist=dist, device=device)
     distributed.shutdown(dist)
     if planned is not None and summary is not None and dist.is_main:
-        log(planned.finish(run_dir, time.perf_counter() - t0))
+        log(planned.finish(run_dir, time.perf_counter() - t_plan))
     if args.dry_run and created and not args.output_dir and dist.is_main:
         # a dry run checks; it leaves no half-made run folder unless asked for one (--output-dir keeps
         # config.yaml, splits.json and skipped.csv for inspection, or for --fold processes to share)

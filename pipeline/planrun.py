@@ -30,7 +30,8 @@ class PlannedRun:
         RunFolder.write_json(RunFolder.of(run_dir).plan, self.record)
 
     def finish(self, run_dir: Path, seconds: float) -> str:
-        """Record the run's wall time against the budget; the line to print."""
+        """Record the run's wall time (planning included, as the budget covers it) against the budget; the line
+        to print."""
         budget = self.record["budget_s"]
         took = {"took_s": round(seconds, 1), "took_over_budget": round(seconds / budget, 3),
                 "predicted_over_budget": round(self.record["predicted_s"] / budget, 3)}
@@ -61,7 +62,8 @@ def auto_plan(args) -> PlannedRun | None:
     repeats = _override(args.overrides, "train.repeats")  # --seeds N: the budget covers every seed
     planned = make_plan(manifest, args.budget or DEFAULT_BUDGET, _override(args.overrides, "train.device") or "auto",
                         exclude=[] if not exclude else [e.strip() for e in exclude.strip("[]").split(",")],
-                        threads=int(threads) if threads else None, repeats=int(repeats) if repeats else 1)
+                        threads=int(threads) if threads else None, repeats=int(repeats) if repeats else 1,
+                        includes_planning=True)
     fh = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="graystem-plan-", delete=False)
     with fh:
         fh.write(planned.yaml_text)

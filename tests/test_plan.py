@@ -5,6 +5,7 @@ only upwards."""
 import csv
 import json
 import statistics
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -21,7 +22,7 @@ from pipeline.errors import ConfigError
 from pipeline.tools.plan import parse_budget
 from pipeline.train.fingerprint import fingerprint
 from pipeline.train.planner import SIZES, plan_config, to_yaml
-from pipeline.train.speed import SpeedProbe
+from pipeline.train.speed import SpeedProbe, _timed
 
 
 def _manifest(folder: Path, rows: list[tuple[str, str, str]]) -> Path:
@@ -154,6 +155,10 @@ def test_plan_command_writes_a_config_and_its_record(small_chest, tmp_path):
     cfg = load_config(str(out))
     data = json.loads(record.read_text())
     assert cfg.data.image_size == data["keys"]["data.image_size"]["value"] and data["probe"]["threads"] == 1
+    # 224 px is timed when the search priced a size above 128 px, so always when the plan went past it
+    sizes = data["probe"]["sizes"]
+    assert sizes in ([128], [128, 224]) and (sizes == [128, 224] or cfg.data.image_size <= 128)
+    assert len(data["probe"]["train_s_per_image"]) == len(sizes) == len(data["probe"]["infer_s_per_image"])
     assert out.read_text().startswith("# Planned by `graystem plan` for a 10-minute budget")
     assert plan_main([str(tmp_path / "missing.csv")]) == 2
 
@@ -200,6 +205,53 @@ def test_the_budget_covers_every_seed(small_chest):
     assert three.predicted_s <= 0.9 * 300 and "for 3 seeds" in three.keys["data.image_size"][1]
     assert (three.value("data.image_size"), three.value("train.stages")[1]["epochs"]) < \
         (one.value("data.image_size"), one.value("train.stages")[1]["epochs"])
+
+
+def test_planning_time_counts_against_the_budget_of_a_planned_run(small_chest):
+    """`--config auto` spends part of the budget planning: the plan prices it in and fits what is left."""
+    fp = fingerprint(small_chest)
+    fresh, late = plan_config(fp, PROBE, 300), plan_config(fp, PROBE, 300, spent_s=120)
+    assert late.predicted_s <= 0.9 * 300 and "120 s of planning included" in late.keys["data.image_size"][1]
+    assert (late.value("data.image_size"), late.value("train.stages")[1]["epochs"]) < \
+        (fresh.value("data.image_size"), fresh.value("train.stages")[1]["epochs"])
+    # what is left after planning buys what a fresh plan of that much (at the same 90% share) buys
+    left = plan_config(fp, PROBE, 300 - 120 / 0.9)
+    assert (late.value("data.image_size"), late.value("train.stages")) == \
+        (left.value("data.image_size"), left.value("train.stages"))
+    assert late.predicted_s == pytest.approx(left.predicted_s + 120)
+
+
+def test_the_probe_times_the_steady_state_after_its_warm_up():
+    """A step's speed ramps up in a new process: the probe warms up for a time, then takes the median step, so
+    neither the slow first steps nor one stalled step set the plan."""
+    durations = iter([0.05] * 3 + [0.01] * 6 + [0.2] + [0.01] * 50)
+
+    def step():
+        time.sleep(next(durations))
+
+    t = _timed(step, warmup_s=0.12, measure_s=0.05, min_steps=5)
+    assert 0.009 <= t < 0.02  # the slow start and the stalled step left out (their mean would be 0.03)
+
+
+def test_the_larger_probe_size_is_timed_only_when_the_plan_prices_above_the_first(small_chest):
+    """make_plan times 224 px only when the search priced images above 128 px; below that the plan with the
+    128 px timing alone equals the plan with both (the fit below the smallest size uses it alone)."""
+    fp = fingerprint(small_chest)
+    fp = type(fp)(**{**fp.__dict__, "short_side_median": 512})
+    first = SpeedProbe(**{**PROBE.__dict__, "sizes": (128,), "train_s_per_image": PROBE.train_s_per_image[:1],
+                          "infer_s_per_image": PROBE.infer_s_per_image[:1]})
+    second = SpeedProbe(**{**PROBE.__dict__, "sizes": (224,), "train_s_per_image": PROBE.train_s_per_image[1:],
+                           "infer_s_per_image": PROBE.infer_s_per_image[1:]})
+    assert first.with_sizes(second) == SpeedProbe(**{**PROBE.__dict__, "seconds": 10.0})
+    outcomes = set()
+    for budget in (60, 300, 900, 3600, 4 * 3600):
+        alone, both = plan_config(fp, first, budget), plan_config(fp, PROBE, budget)
+        needs_larger = alone.largest_priced > 128
+        outcomes.add(needs_larger)
+        if not needs_larger:
+            assert alone.keys == both.keys and alone.predicted_s == both.predicted_s, budget
+        assert both.value("data.image_size") <= 128 or needs_larger  # a plan above 128 px always had 224 timed
+    assert outcomes == {True, False}  # the budgets cover both cases
 
 
 def test_probe_fit_is_exact_at_probed_sizes_and_never_negative():

@@ -29,7 +29,7 @@ def run_suite(budgets: list[str], manifest: str | None = None, threads: int | No
         with tempfile.TemporaryDirectory(prefix="graystem-bench-plan-") as tmp:
             run = Path(tmp) / "run"
             argv = ["--config", "auto", "--set", f"data.manifest={manifest}", "--budget", budget, "--quiet",
-                    "--output-dir", str(run), "--set", "report.cam_panel=false"]
+                    "--output-dir", str(run)]  # the whole planned run, Grad-CAM panel included
             argv += extra
             if threads:
                 argv += ["--set", f"train.threads={threads}"]

@@ -63,14 +63,15 @@ class Planned:
 def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto", *, exclude=(),
               label_column: str = "label", patient_column: str = "patient_id",
               backbones: tuple[str, ...] = (DEFAULT_BACKBONE,), threads: int | None = None,
-              repeats: int = 1) -> Planned:
+              repeats: int = 1, includes_planning: bool = False) -> Planned:
     """`backbones`: the ladder the budget may climb, smallest first (each needs its bundled weights installed);
-    `repeats`: training seeds (`--seeds`), all within the budget."""
+    `repeats`: training seeds (`--seeds`), all within the budget; `includes_planning`: the budget covers this
+    planning too (`train.py --config auto` plans and trains in one go)."""
     from pipeline import distributed
     from pipeline.model.weights import BUNDLED
     from pipeline.train.fingerprint import fingerprint
     from pipeline.train.planner import plan_config, to_yaml
-    from pipeline.train.speed import best_threads, probe_speed
+    from pipeline.train.speed import PROBE_SIZES, best_threads, probe_speed
 
     budget_s = parse_budget(budget)
     t0 = time.perf_counter()
@@ -80,7 +81,9 @@ def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto",
     if threads is None:
         threads, tried = best_threads(backbones[0], dev)
     first, *rest = backbones
-    probe = probe_speed(first, dev, threads=threads)
+    # the smallest probe size first: most CPU plans stay at or below it, and the larger size's steps cost more
+    # than the rest of planning together (20 s of 23 s on BUSI); timed below only if the plan prices above it
+    probe = probe_speed(first, dev, threads=threads, sizes=PROBE_SIZES[:1])
     larger = []
 
     def more():  # the next larger backbone's probe, taken only when the plan reaches it
@@ -96,7 +99,16 @@ def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto",
     skipped: list[str] = []
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(fp.manifest).parent.name if Path(fp.manifest).is_file()
                   else Path(fp.manifest).name) or "planned"
-    plan = plan_config(fp, probe, budget_s, name=name, exclude=list(exclude), repeats=repeats, more=more)
+
+    def spent():
+        return time.perf_counter() - t0 if includes_planning else 0.0
+
+    plan = plan_config(fp, probe, budget_s, name=name, exclude=list(exclude), repeats=repeats, more=more,
+                       spent_s=spent())
+    if plan.largest_priced > probe.sizes[-1]:  # the search priced larger images: time them and plan again
+        probe = probe.with_sizes(probe_speed(first, dev, threads=threads, sizes=PROBE_SIZES[1:]))
+        plan = plan_config(fp, probe, budget_s, name=name, exclude=list(exclude), repeats=repeats,
+                           larger=tuple(larger), more=more, spent_s=spent())
     if len(backbones) > 1:
         chosen = plan.value("model.backbone")
         plan.set("model.backbone", chosen, plan.keys["model.backbone"][1] + "; ladder " + " -> ".join(

@@ -27,13 +27,14 @@ MIN_EPOCHS, MAX_EPOCHS = 3, 30
 # small findings on films need the pixels more than the extra steps (docs/plan.md)
 SIZE_FLOOR = 128
 HEAD_EPOCHS = 3
-# a fold's real time over the probe's model-only time (augmentation, loader, validation bookkeeping), calibrated
-# on 2 idle cores against the folds of the NIH and BUSI planned runs (10.5 s and 37.0 s) with three probes each
-# (fastest of 4 steps): ratios 1.00-1.26, mean 1.1 (docs/plan.md)
-PIPELINE_FACTOR = 1.1
-# start-up, near-copy hashing, model builds, and at the end calibration, bootstraps, report and Grad-CAM panel:
-# about 50 s measured around the 15 fold runs of the NIH plan (6 s before the first fold, 32 s after the last)
-FIXED_S = 45.0
+# a fold's real time over the probe's model-only time (augmentation, loader, validation bookkeeping, and the
+# machine's slower spells that a median step leaves out), calibrated on 2 idle cores against the 15 folds of each
+# of the NIH and BUSI planned runs (17.7 s and 47.0 s a fold): 1.15 and 1.21 of the model-only time at the
+# probe's typical 93 img/s (median step; 12 probes in fresh processes: 10 at 85-101, 2 at 62-65) (docs/plan.md)
+PIPELINE_FACTOR = 1.2
+# start-up, near-copy hashing and model builds (3 s before the first fold), and after the last: ensembles,
+# calibration, bootstraps, report and Grad-CAM panel (34 s on NIH, 40 s on BUSI)
+FIXED_S = 40.0
 BUDGET_SHARE = 0.9  # plan to 90% of the budget: the run's own noise is larger below that
 IMBALANCE = 1.5  # class weights when the largest class has this many times the images of the smallest
 MIN_VAL_PATIENTS = 10  # patients of the rarest class per validation fold
@@ -44,6 +45,9 @@ class Plan:
     budget_s: float
     predicted_s: float = 0.0
     keys: dict = field(default_factory=dict)  # dotted key -> (value, reason)
+    # the largest image size the search priced with the first backbone's probe: a plan that never priced a size
+    # above the probed ones is the same whatever larger sizes would time at (tools/plan.make_plan relies on it)
+    largest_priced: int = 0
 
     def set(self, key: str, value, reason: str) -> None:
         self.keys[key] = (value, reason)
@@ -127,10 +131,11 @@ def run_seconds(fp: Fingerprint, probe: SpeedProbe, *, size: int, epochs: int, f
 
 def plan_config(fp: Fingerprint, probe: SpeedProbe, budget_s: float, *, name: str = "planned",
                 exclude: list[str] | None = None, repeats: int = 1,
-                larger: tuple[SpeedProbe, ...] = (), more=None) -> Plan:
+                larger: tuple[SpeedProbe, ...] = (), more=None, spent_s: float = 0.0) -> Plan:
     """`probe`: the first backbone's speed; `larger`: probes of larger backbones already taken, in order;
     `more()`: the next larger backbone's probe (or None), called only when the ladder reaches its end within
-    the budget. `repeats`: training seeds, all within the budget."""
+    the budget. `repeats`: training seeds, all within the budget. `spent_s`: seconds of the budget already
+    spent (planning, when `--config auto` plans and trains in one go)."""
     p = Plan(budget_s=budget_s)
     binary = len(fp.classes) == 2
     p.set("task.name", name, "the data set's folder name")
@@ -186,9 +191,13 @@ def plan_config(fp: Fingerprint, probe: SpeedProbe, budget_s: float, *, name: st
     cap = _size_cap(fp)
     usable = budget_s * BUDGET_SHARE
 
+    first = probe.backbone
+
     def cost(pr, size, epochs):
-        return run_seconds(fp, pr, size=size, epochs=epochs, folds=folds, test_fraction=test_fraction,
-                           batch=batch, tta_views=tta, repeats=repeats)
+        if pr.backbone == first:
+            p.largest_priced = max(p.largest_priced, size)
+        return spent_s + run_seconds(fp, pr, size=size, epochs=epochs, folds=folds, test_fraction=test_fraction,
+                                     batch=batch, tta_views=tta, repeats=repeats)
 
     following = itertools.chain(larger, iter(more, None) if more else ())
     chosen, at_end = None, True
@@ -215,7 +224,7 @@ def plan_config(fp: Fingerprint, probe: SpeedProbe, budget_s: float, *, name: st
     seeds = f" for {repeats} seeds" if repeats > 1 else ""
     p.set("data.image_size", size, f"median short side {fp.short_side_median} px (cap {cap}); {size} px {fits} "
           f"{budget_s / 60:g} min{seeds} at {ips:.0f} img/s training ({probe.device}, predicted "
-          f"{p.predicted_s / 60:.1f} min)")
+          f"{p.predicted_s / 60:.1f} min" + (f", {spent_s:.0f} s of planning included" if spent_s else "") + ")")
     p.set("model.backbone", probe.backbone, backbone_reason(probe.backbone, size))
     lr_full, lr_head = 3e-4 * scale, 3e-3 * scale
     p.set("train.stages", [

@@ -9,8 +9,9 @@ pay per image, less the data pipeline's share (the planner scales it, see planne
 
 from __future__ import annotations
 
+import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,8 @@ from pipeline.model.models import build_model
 from pipeline.schema import ModelConfig
 from pipeline.threads import available_cores
 
+# the sizes a plan may time: the first alone prices every image up to it (in proportion to the pixels below it),
+# so the planner times the second only when its search prices images above the first (tools/plan.make_plan)
 PROBE_SIZES = (128, 224)
 
 
@@ -52,6 +55,14 @@ class SpeedProbe:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def with_sizes(self, other: SpeedProbe) -> SpeedProbe:
+        """This probe and `other` (the same model, device and threads at other sizes) as one, sizes in order."""
+        rows = sorted(zip(self.sizes + other.sizes, self.train_s_per_image + other.train_s_per_image,
+                          self.infer_s_per_image + other.infer_s_per_image, strict=True))
+        sizes, train, infer = (tuple(column) for column in zip(*rows, strict=True))
+        return replace(self, sizes=sizes, train_s_per_image=train, infer_s_per_image=infer,
+                       seconds=round(self.seconds + other.seconds, 1))
+
 
 def best_threads(backbone: str, device: torch.device, size: int = 128, batch: int = 8) -> tuple[int, dict]:
     """On a CPU: 1 thread or every core the process may use, whichever trains faster now. On a CPU shared with
@@ -65,22 +76,35 @@ def best_threads(backbone: str, device: torch.device, size: int = 128, batch: in
     try:
         for n in (1, cores):
             torch.set_num_threads(n)
-            times[n] = _probe(backbone, device, batch, 1, (size,)).train_s_per_image[0]
+            # a short look: 1 thread against all cores differ by far more than the ramp-up
+            times[n] = _probe(backbone, device, batch, (size,), warmup_s=0.5, measure_s=0.5).train_s_per_image[0]
     finally:
         torch.set_num_threads(saved)
     return min(times, key=times.get), times
 
 
-def _timed(step, steps: int) -> float:
-    """The fastest of `steps` (as timeit advises): other work on the machine only ever slows a step. The mean of
-    two steps put three idle-core probes of one model at 54, 68 and 73 img/s (128 px), a plan error of a third."""
-    step()  # warm-up: allocator, kernels, autotuning
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
+# A step's speed ramps up over its first seconds in a new process (allocator, kernel choice, the CPU's clock) and
+# then wanders with the machine's other tenants: one process on 2 idle cores went 16, 28, 55, 53, 77 img/s over
+# its first five steps and 80-129 after them; four steps after one warm-up put probes of one model at 56-87 img/s
+# while the runs they planned trained at about 80. So: warm up for WARMUP_S, then time steps for MEASURE_S and
+# take the median step, the speed a run sustains (the mean would let one stalled step move the plan).
+WARMUP_S, MEASURE_S = 2.0, 3.0
+MIN_STEPS, MAX_STEPS = 5, 50
+
+
+def _timed(step, warmup_s: float = WARMUP_S, measure_s: float = MEASURE_S, min_steps: int = MIN_STEPS) -> float:
+    """Median seconds of one `step` after `warmup_s` of warm-up (at least one step), over at least `min_steps`
+    steps and `measure_s` seconds (at most MAX_STEPS steps: a GPU's steps are milliseconds)."""
+    start = time.perf_counter()
+    step()
+    while time.perf_counter() - start < warmup_s:
         step()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    times, start = [], time.perf_counter()
+    while len(times) < MAX_STEPS and (len(times) < min_steps or time.perf_counter() - start < measure_s):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 # the planner's batch: a step's fixed costs (the optimiser over every weight, Python) are shared by its images,
@@ -89,18 +113,19 @@ PROBE_BATCH = 32
 
 
 def probe_speed(backbone: str, device: torch.device, *, threads: int | None = None, batch: int = PROBE_BATCH,
-                steps: int = 4, sizes: tuple[int, ...] = PROBE_SIZES) -> SpeedProbe:
+                sizes: tuple[int, ...] = PROBE_SIZES) -> SpeedProbe:
     """`threads`: torch threads while probing, as the run will use them (train.threads or every core it may
     use: pipeline/threads.py); restored afterwards."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads or available_cores())
     try:
-        return _probe(backbone, device, batch, steps, sizes)
+        return _probe(backbone, device, batch, sizes)
     finally:
         torch.set_num_threads(saved)
 
 
-def _probe(backbone: str, device: torch.device, batch: int, steps: int, sizes: tuple[int, ...]) -> SpeedProbe:
+def _probe(backbone: str, device: torch.device, batch: int, sizes: tuple[int, ...], warmup_s: float = WARMUP_S,
+           measure_s: float = MEASURE_S) -> SpeedProbe:
     start = time.perf_counter()
     model = build_model(ModelConfig(backbone=backbone, pretrained="bundled", stem="auto"), 1).model.to(device)
     model = model.to(memory_format=torch.channels_last)
@@ -125,8 +150,9 @@ def _probe(backbone: str, device: torch.device, batch: int, steps: int, sizes: t
                 model(x)
             sync()
 
-        train.append(_timed(train_step, steps) / batch)
-        infer.append(_timed(infer_step, steps) / batch)
+        train.append(_timed(train_step, warmup_s, measure_s) / batch)
+        # inference is a small share of a run's time (a forward pass per image per epoch): half the look
+        infer.append(_timed(infer_step, warmup_s / 2, measure_s / 2) / batch)
     return SpeedProbe(backbone=backbone, device=str(device), threads=torch.get_num_threads(), sizes=tuple(sizes),
                       train_s_per_image=tuple(train), infer_s_per_image=tuple(infer),
                       seconds=round(time.perf_counter() - start, 1))
