@@ -254,9 +254,12 @@ class TrainConfig(Strict):
     repeats: int = Field(1, ge=1)
     monitor: Literal[MONITORS] = "auroc"
     class_weights: Literal["none", "balanced"] = "none"
+    # EMA, label smoothing and MixUp are off by default: none of them helped in paired 3-seed comparisons on
+    # NIH and BUSI (docs/plan.md, "Recipe parts"); EMA cost 12% more time, smoothing and MixUp lost about 0.01
+    # out of fold on BUSI
     # targets pulled towards uniform by this much (binary: t(1-e) + e/2; multi-class: torch's label_smoothing)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    ema: EmaConfig | None = None  # weight EMA; off by default (no paired comparison has shown it helps yet)
+    ema: EmaConfig | None = None  # weight EMA (timm's ModelEmaV3)
     mixup: MixupConfig | None = None  # MixUp / CutMix in stages that train on images; binary and multi-class
     stages: list[StageConfig] = Field(default_factory=_default_stages, min_length=1)
     log_every: int = Field(10, ge=1)
