@@ -82,7 +82,7 @@ def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto",
         threads, tried = best_threads(backbones[0], dev)
     first, *rest = backbones
     # the smallest probe size first: most CPU plans stay at or below it, and the larger size's steps cost more
-    # than the rest of planning together (20 s of 23 s on BUSI); timed below only if the plan prices above it
+    # than the rest of planning together (20 s of 23 s on BUSI); timed below only if the plan goes above it
     probe = probe_speed(first, dev, threads=threads, sizes=PROBE_SIZES[:1])
     larger = []
 
@@ -105,7 +105,11 @@ def make_plan(manifest: str, budget: str = DEFAULT_BUDGET, device: str = "auto",
 
     plan = plan_config(fp, probe, budget_s, name=name, exclude=list(exclude), repeats=repeats, more=more,
                        spent_s=spent())
-    if plan.largest_priced > probe.sizes[-1]:  # the search priced larger images: time them and plan again
+    # Above the probed size the fit never prices an image below its pixels' share of the probed size's cost, so
+    # the single-size probe underprices larger images, never overprices them: a plan that still stops at or
+    # below the probed size is the plan a two-size probe would give (the rung above did not fit even
+    # underpriced). Only a plan above it is timed at the larger size and planned again.
+    if plan.value("data.image_size") > probe.sizes[-1]:
         probe = probe.with_sizes(probe_speed(first, dev, threads=threads, sizes=PROBE_SIZES[1:]))
         plan = plan_config(fp, probe, budget_s, name=name, exclude=list(exclude), repeats=repeats,
                            larger=tuple(larger), more=more, spent_s=spent())

@@ -47,9 +47,6 @@ class Plan:
     budget_s: float
     predicted_s: float = 0.0
     keys: dict = field(default_factory=dict)  # dotted key -> (value, reason)
-    # the largest image size the search priced with the first backbone's probe: a plan that never priced a size
-    # above the probed ones is the same whatever larger sizes would time at (tools/plan.make_plan relies on it)
-    largest_priced: int = 0
 
     def set(self, key: str, value, reason: str) -> None:
         self.keys[key] = (value, reason)
@@ -193,11 +190,7 @@ def plan_config(fp: Fingerprint, probe: SpeedProbe, budget_s: float, *, name: st
     cap = _size_cap(fp)
     usable = budget_s * BUDGET_SHARE
 
-    first = probe.backbone
-
     def cost(pr, size, epochs):
-        if pr.backbone == first:
-            p.largest_priced = max(p.largest_priced, size)
         return spent_s + run_seconds(fp, pr, size=size, epochs=epochs, folds=folds, test_fraction=test_fraction,
                                      batch=batch, tta_views=tta, repeats=repeats)
 

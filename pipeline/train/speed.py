@@ -21,7 +21,7 @@ from pipeline.schema import ModelConfig
 from pipeline.threads import available_cores
 
 # the sizes a plan may time: the first alone prices every image up to it (in proportion to the pixels below it),
-# so the planner times the second only when its search prices images above the first (tools/plan.make_plan)
+# so the planner times the second only when a plan chose images above the first (tools/plan.make_plan)
 PROBE_SIZES = (128, 224)
 
 
