@@ -4,6 +4,7 @@ only upwards."""
 
 import csv
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -262,3 +263,28 @@ def test_probe_fit_is_exact_at_probed_sizes_and_never_negative():
     assert probe.train_time(128) == pytest.approx(0.0147) and probe.train_time(224) == pytest.approx(0.0593)
     assert 0 < probe.train_time(64) == pytest.approx(0.0147 / 4)  # below the smallest: in proportion to the pixels
     assert probe.train_time(160) < probe.train_time(192) < probe.train_time(224) < probe.train_time(256)
+
+
+def test_plan_benchmark_prints_json_alone_on_stdout(tmp_path, monkeypatch, capsys):
+    """`graystem benchmark --suite plan` prints one JSON object on stdout; the runs' own console lines (a quiet
+    run still warns) go to stderr. The trainer is replaced by one that logs and records a plan like a run."""
+    import pipeline.cli
+    from pipeline.logs import LOGGER, setup_logging
+    from pipeline.tools.bench_plan import main_plan
+
+    def fake_train(argv):
+        setup_logging(quiet=True)
+        logging.getLogger(LOGGER).warning("warning: near copies under different labels")
+        run = Path(argv[argv.index("--output-dir") + 1])
+        run.mkdir(parents=True)
+        (run / "plan.json").write_text(json.dumps({"predicted_s": 50.0, "took_s": 45.0, "took_over_budget": 0.75}))
+        return 0
+
+    monkeypatch.setattr(pipeline.cli, "main", fake_train)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n")
+    assert main_plan("1m", str(manifest), None) == 0
+    out, err = capsys.readouterr()
+    record = json.loads(out)
+    assert [r["took_over_budget"] for r in record["runs"]] == [0.75] and record["runs"][0]["budget_s"] == 60
+    assert "near copies" in err and "near copies" not in out

@@ -6,8 +6,10 @@ Minutes per budget on purpose: not run by the tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,7 +35,9 @@ def run_suite(budgets: list[str], manifest: str | None = None, threads: int | No
             argv += extra
             if threads:
                 argv += ["--set", f"train.threads={threads}"]
-            code = train_main(argv)
+            # the run's console lines (warnings of a --quiet run) to stderr: stdout carries the JSON alone
+            with contextlib.redirect_stdout(sys.stderr):
+                code = train_main(argv)
             record = json.loads((run / "plan.json").read_text()) if (run / "plan.json").is_file() else {}
         out["runs"].append({
             "budget": budget, "budget_s": parse_budget(budget), "exit_code": code,
