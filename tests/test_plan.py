@@ -116,12 +116,16 @@ def test_plan_keys_have_reasons_and_validate(small_chest, tmp_path):
     assert main(["--config", str(path), "--set", "data.near_duplicates=warn", "--dry-run", "--quiet"]) == 0
 
 
+def _size_epochs(plan) -> tuple[int, int]:
+    return plan.value("data.image_size"), plan.value("train.stages")[1]["epochs"]
+
+
 def test_more_budget_never_gives_smaller_images_or_fewer_epochs(small_chest):
     fp = fingerprint(small_chest)
     last = (0, 0)
     for budget in (30, 60, 120, 300, 600, 1200, 3600, 4 * 3600, 24 * 3600):
         plan = plan_config(fp, PROBE, budget)
-        got = (plan.value("data.image_size"), plan.value("train.stages")[1]["epochs"])
+        got = _size_epochs(plan)
         assert got[0] >= last[0] and got[1] >= last[1], (budget, got, last)
         if budget >= 600:
             assert plan.predicted_s <= 0.9 * budget
@@ -204,8 +208,7 @@ def test_the_budget_covers_every_seed(small_chest):
     fp = fingerprint(small_chest)
     one, three = plan_config(fp, PROBE, 300), plan_config(fp, PROBE, 300, repeats=3)
     assert three.predicted_s <= 0.9 * 300 and "for 3 seeds" in three.keys["data.image_size"][1]
-    assert (three.value("data.image_size"), three.value("train.stages")[1]["epochs"]) < \
-        (one.value("data.image_size"), one.value("train.stages")[1]["epochs"])
+    assert _size_epochs(three) < _size_epochs(one)
 
 
 def test_planning_time_counts_against_the_budget_of_a_planned_run(small_chest):
@@ -213,8 +216,7 @@ def test_planning_time_counts_against_the_budget_of_a_planned_run(small_chest):
     fp = fingerprint(small_chest)
     fresh, late = plan_config(fp, PROBE, 300), plan_config(fp, PROBE, 300, spent_s=120)
     assert late.predicted_s <= 0.9 * 300 and "120 s of planning included" in late.keys["data.image_size"][1]
-    assert (late.value("data.image_size"), late.value("train.stages")[1]["epochs"]) < \
-        (fresh.value("data.image_size"), fresh.value("train.stages")[1]["epochs"])
+    assert _size_epochs(late) < _size_epochs(fresh)
     # what is left after planning buys what a fresh plan of that much (at the same 90% share) buys
     left = plan_config(fp, PROBE, 300 - 120 / 0.9)
     assert (late.value("data.image_size"), late.value("train.stages")) == \
